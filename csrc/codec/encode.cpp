@@ -1,0 +1,258 @@
+// Frame encoder: plans the layout (compressing where asked), then writes header, envelope and
+// payloads into a buffer the caller allocated.
+#include <algorithm>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include <msgpack.hpp>
+#include <zstd.h>
+
+#include "codec/codec.h"
+#include "codec/codec_internal.h"
+#include "common/thread_pool.h"
+
+namespace jit::codec {
+
+using namespace internal;
+
+namespace {
+
+struct ZstdCCtx {
+  ZSTD_CCtx *ctx = ZSTD_createCCtx();
+  ~ZstdCCtx() { ZSTD_freeCCtx(ctx); }
+};
+
+// One context and one shuffle buffer per thread, reused across calls: zstd contexts are costly
+// to create, and a per-call allocation would dominate small frames.
+thread_local ZstdCCtx tls_cctx;
+thread_local std::vector<uint8_t> tls_shuffle_buf;
+
+struct PlannedEntry {
+  const TensorView *tensor = nullptr;
+  uint64_t offset = 0;       // relative to payload_base
+  uint64_t nbytes = 0;       // stored bytes
+  bool compressed = false;
+  bool shuffled = false;
+  size_t checksum_pos = 0;   // where the 8 checksum bytes sit inside the envelope
+  size_t chunk_size = 0;
+  std::vector<std::vector<uint8_t>> chunks; // compressed chunks, when compressed
+};
+
+// Packs a uint64 as msgpack's fixed-width uint64 (0xcf + 8 big-endian bytes), so that the value
+// can be patched in place after the payload has been copied and hashed.
+size_t pack_fixed_u64(msgpack::sbuffer &sb, uint64_t v) {
+  uint8_t b[9];
+  b[0] = 0xcf;
+  for (int i = 0; i < 8; ++i) b[1 + i] = static_cast<uint8_t>(v >> (56 - 8 * i));
+  size_t pos = sb.size() + 1;
+  sb.write(reinterpret_cast<const char *>(b), sizeof(b));
+  return pos;
+}
+
+void patch_fixed_u64(uint8_t *p, uint64_t v) {
+  for (int i = 0; i < 8; ++i) p[i] = static_cast<uint8_t>(v >> (56 - 8 * i));
+}
+
+void validate_tensor(const TensorView &t) {
+  auto numel = shape_numel(t.shape);
+  uint64_t expected = 0;
+  if (!numel || __builtin_mul_overflow(*numel, dtype_itemsize(t.dtype), &expected)) {
+    fail("size mismatch", "tensor '" + t.name + "' has an invalid shape");
+  }
+  if (expected != t.nbytes) {
+    fail("size mismatch", "tensor '" + t.name + "' has " + std::to_string(t.nbytes) +
+                              " bytes, but its shape and dtype need " + std::to_string(expected));
+  }
+  if (t.nbytes > 0 && t.data == nullptr) fail("size mismatch", "tensor '" + t.name + "' has no data");
+}
+
+void validate_meta(const std::string &meta) {
+  if (meta.empty()) return;
+  size_t off = 0;
+  try {
+    msgpack::object_handle oh = msgpack::unpack(meta.data(), meta.size(), off);
+  } catch (const std::exception &e) {
+    fail("bad envelope", std::string("meta is not valid msgpack: ") + e.what());
+  }
+  if (off != meta.size()) fail("bad envelope", "meta holds more than one msgpack value");
+}
+
+// Compresses one entry in independent chunks, spread over the thread pool.
+void compress_entry(PlannedEntry &e, const EncodeOptions &opt) {
+  const TensorView &t = *e.tensor;
+  size_t itemsize = dtype_itemsize(t.dtype);
+  e.shuffled = opt.shuffle && itemsize > 1 && dtype_is_floating(t.dtype);
+  // A multiple of the itemsize, so that each chunk shuffles on its own.
+  e.chunk_size = std::max<size_t>(itemsize, opt.chunk_bytes / itemsize * itemsize);
+  size_t n_chunks = (t.nbytes + e.chunk_size - 1) / e.chunk_size;
+  e.chunks.assign(n_chunks, {});
+  const auto *src = static_cast<const uint8_t *>(t.data);
+  parallel_for(
+      n_chunks,
+      [&](size_t i) {
+        size_t off = i * e.chunk_size;
+        size_t len = std::min(e.chunk_size, t.nbytes - off);
+        const uint8_t *in = src + off;
+        if (e.shuffled) {
+          tls_shuffle_buf.resize(std::max(tls_shuffle_buf.size(), len));
+          shuffle(in, tls_shuffle_buf.data(), len, itemsize);
+          in = tls_shuffle_buf.data();
+        }
+        auto &out = e.chunks[i];
+        out.resize(ZSTD_compressBound(len));
+        size_t r = ZSTD_compressCCtx(tls_cctx.ctx, out.data(), out.size(), in, len, opt.level);
+        if (ZSTD_isError(r)) fail("corrupt payload", std::string("zstd: ") + ZSTD_getErrorName(r));
+        out.resize(r);
+      },
+      opt.max_threads);
+  uint64_t total = 0;
+  for (const auto &c : e.chunks) total += c.size();
+  if (total >= t.nbytes) {
+    // Incompressible: storing it raw is smaller and saves the reader a decompression.
+    e.chunks.clear();
+    e.shuffled = false;
+    return;
+  }
+  e.compressed = true;
+  e.nbytes = total;
+}
+
+} // namespace
+
+struct EncodePlan::Impl {
+  std::vector<PlannedEntry> entries;
+  std::string envelope;
+  uint64_t payload_nbytes = 0;
+  size_t max_threads = 0;
+
+  uint64_t payload_base() const { return align_up(kHeaderBytes + envelope.size()); }
+};
+
+EncodePlan::EncodePlan() : impl_(std::make_unique<Impl>()) {}
+EncodePlan::~EncodePlan() = default;
+EncodePlan::EncodePlan(EncodePlan &&) noexcept = default;
+EncodePlan &EncodePlan::operator=(EncodePlan &&) noexcept = default;
+
+size_t EncodePlan::frame_bytes() const { return impl_->payload_base() + impl_->payload_nbytes; }
+
+EncodePlan plan_encode(const std::vector<TensorView> &tensors, const std::string &meta_msgpack,
+                       const EncodeOptions &options) {
+  EncodePlan plan;
+  EncodePlan::Impl &p = *plan.impl_;
+  p.max_threads = options.max_threads;
+  validate_meta(meta_msgpack);
+
+  std::unordered_set<std::string_view> names;
+  p.entries.resize(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const TensorView &t = tensors[i];
+    validate_tensor(t);
+    if (!names.insert(t.name).second) fail("duplicate name", "tensor '" + t.name + "' appears twice");
+    PlannedEntry &e = p.entries[i];
+    e.tensor = &t;
+    e.nbytes = t.nbytes;
+    if (options.compression == Compression::kZstd && t.nbytes >= options.min_compress_bytes) {
+      compress_entry(e, options);
+    }
+  }
+
+  // Offsets depend only on payload sizes, so the envelope can be written before the payloads.
+  uint64_t cursor = 0;
+  for (auto &e : p.entries) {
+    e.offset = align_up(cursor);
+    cursor = e.offset + e.nbytes;
+  }
+  p.payload_nbytes = cursor;
+
+  msgpack::sbuffer sb;
+  msgpack::packer<msgpack::sbuffer> pk(sb);
+  pk.pack_map(meta_msgpack.empty() ? 1 : 2);
+  pk.pack(std::string_view("tensors"));
+  pk.pack_array(static_cast<uint32_t>(p.entries.size()));
+  for (auto &e : p.entries) {
+    const TensorView &t = *e.tensor;
+    pk.pack_map(e.compressed ? 11 : 9);
+    pk.pack(std::string_view("name"));
+    pk.pack(std::string_view(t.name));
+    pk.pack(std::string_view("dtype"));
+    pk.pack(dtype_name(t.dtype));
+    pk.pack(std::string_view("shape"));
+    pk.pack_array(static_cast<uint32_t>(t.shape.size()));
+    for (int64_t d : t.shape) pk.pack_uint64(static_cast<uint64_t>(d));
+    pk.pack(std::string_view("offset"));
+    pk.pack_uint64(e.offset);
+    pk.pack(std::string_view("nbytes"));
+    pk.pack_uint64(e.nbytes);
+    pk.pack(std::string_view("codec"));
+    pk.pack(std::string_view(e.compressed ? "zstd" : "none"));
+    pk.pack(std::string_view("raw_nbytes"));
+    pk.pack_uint64(t.nbytes);
+    pk.pack(std::string_view("filter"));
+    pk.pack(std::string_view(e.shuffled ? "shuffle" : "none"));
+    pk.pack(std::string_view("checksum"));
+    e.checksum_pos = pack_fixed_u64(sb, 0);
+    if (e.compressed) {
+      pk.pack(std::string_view("chunk_size"));
+      pk.pack_uint64(e.chunk_size);
+      pk.pack(std::string_view("chunks"));
+      pk.pack_array(static_cast<uint32_t>(e.chunks.size()));
+      for (const auto &c : e.chunks) pk.pack_uint64(c.size());
+    }
+  }
+  if (!meta_msgpack.empty()) {
+    pk.pack(std::string_view("meta"));
+    sb.write(meta_msgpack.data(), meta_msgpack.size());
+  }
+  if (sb.size() > UINT32_MAX) fail("over limit", "envelope exceeds 4 GiB");
+  p.envelope.assign(sb.data(), sb.size());
+  return plan;
+}
+
+void EncodePlan::write(uint8_t *dst) const {
+  const Impl &p = *impl_;
+  const uint64_t base = p.payload_base();
+  std::memset(dst, 0, kHeaderBytes);
+  std::memcpy(dst + kOffMagic, kMagic, 4);
+  dst[kOffVersion] = kVersion;
+  store_le<uint32_t>(dst + kOffEnvelopeBytes, static_cast<uint32_t>(p.envelope.size()));
+  store_le<uint64_t>(dst + kOffPayloadBytes, p.payload_nbytes);
+  uint8_t *env = dst + kHeaderBytes;
+  std::memcpy(env, p.envelope.data(), p.envelope.size());
+  std::memset(env + p.envelope.size(), 0, base - kHeaderBytes - p.envelope.size());
+
+  uint8_t *payload = dst + base;
+  parallel_for(
+      p.entries.size(),
+      [&](size_t i) {
+        const PlannedEntry &e = p.entries[i];
+        uint64_t end = e.offset + e.nbytes;
+        uint64_t next = i + 1 < p.entries.size() ? p.entries[i + 1].offset : end;
+        std::memset(payload + end, 0, next - end); // alignment padding after this payload
+        uint64_t sum;
+        if (e.compressed) {
+          uint8_t *out = payload + e.offset;
+          for (const auto &c : e.chunks) {
+            std::memcpy(out, c.data(), c.size());
+            out += c.size();
+          }
+          sum = checksum(payload + e.offset, e.nbytes);
+        } else {
+          sum = copy_and_checksum(static_cast<const uint8_t *>(e.tensor->data), payload + e.offset,
+                                  e.nbytes);
+        }
+        patch_fixed_u64(env + e.checksum_pos, sum);
+      },
+      p.max_threads);
+  store_le<uint64_t>(dst + kOffHeaderChecksum, header_checksum(dst, env, p.envelope.size()));
+}
+
+std::string encode(const std::vector<TensorView> &tensors, const std::string &meta_msgpack,
+                   const EncodeOptions &options) {
+  EncodePlan plan = plan_encode(tensors, meta_msgpack, options);
+  std::string out(plan.frame_bytes(), '\0');
+  plan.write(reinterpret_cast<uint8_t *>(out.data()));
+  return out;
+}
+
+} // namespace jit::codec

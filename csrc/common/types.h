@@ -1,0 +1,57 @@
+// Plain data types shared by every layer of jit-embedding (codec, engine, executor, server, client).
+// Nothing here allocates behind the caller's back or depends on torch.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace jit {
+
+// Element types carried on the wire. The numeric values are internal; the wire uses the names
+// (see dtype_name), so reordering this enum never breaks compatibility.
+enum class DType : uint8_t {
+  kFloat32,
+  kFloat16,
+  kBFloat16,
+  kFloat8E4M3,
+  kInt8,
+  kUInt8,
+  kInt16,
+  kInt32,
+  kInt64,
+  kBool,
+  kStr,   // UTF-8 text, shape [byte length]
+  kBytes, // opaque bytes (an encoded JPEG, say), shape [byte length]
+};
+
+// Size of one element in bytes (1 for kStr and kBytes).
+size_t dtype_itemsize(DType dtype);
+
+// The wire name of a dtype, e.g. "bfloat16".
+std::string_view dtype_name(DType dtype);
+
+// Parses a wire name. Returns nullopt for a name not in docs/wire-format.md.
+std::optional<DType> dtype_from_name(std::string_view name);
+
+// True for the floating-point dtypes, whose payloads profit from the byte-shuffle filter.
+bool dtype_is_floating(DType dtype);
+
+using Shape = std::vector<int64_t>;
+
+// Number of elements of a shape; 1 for rank 0. Returns nullopt on a negative dimension or overflow.
+std::optional<uint64_t> shape_numel(const Shape &shape);
+
+// A borrowed, contiguous (C order) tensor: the caller keeps `data` alive for as long as the view is used.
+struct TensorView {
+  std::string name;
+  DType dtype = DType::kUInt8;
+  Shape shape;              // e.g. [batch, channels, h, w]
+  const void *data = nullptr;
+  size_t nbytes = 0;        // == shape_numel(shape) * dtype_itemsize(dtype)
+};
+
+} // namespace jit

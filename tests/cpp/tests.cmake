@@ -1,0 +1,35 @@
+# GoogleTest tests (ctest) and fuzz targets. Included from the top-level CMakeLists.txt.
+enable_testing()
+
+# A fuzz target: with JIT_BUILD_FUZZERS and clang, a libFuzzer binary; always, a replay driver
+# that feeds the committed corpus through the same entry point under ctest.
+function(jit_fuzz_target name source corpus)
+  add_executable(${name}_replay ${source} tests/cpp/fuzz_replay_main.cpp)
+  target_link_libraries(${name}_replay PRIVATE ${ARGN})
+  if(JIT_BUILD_TESTS)
+    add_test(NAME ${name}_corpus COMMAND ${name}_replay ${CMAKE_CURRENT_SOURCE_DIR}/${corpus})
+  endif()
+  if(JIT_BUILD_FUZZERS)
+    if(NOT CMAKE_CXX_COMPILER_ID MATCHES "Clang")
+      message(FATAL_ERROR "JIT_BUILD_FUZZERS needs clang (CXX=clang++-14)")
+    endif()
+    add_executable(${name} ${source})
+    target_compile_options(${name} PRIVATE -fsanitize=fuzzer,address,undefined)
+    target_link_options(${name} PRIVATE -fsanitize=fuzzer,address,undefined)
+    target_link_libraries(${name} PRIVATE ${ARGN})
+  endif()
+endfunction()
+
+jit_fuzz_target(fuzz_decode tests/cpp/codec/fuzz_decode.cpp tests/cpp/codec/fuzz_corpus jit_codec)
+
+if(JIT_BUILD_TESTS)
+  find_package(GTest REQUIRED)
+  include(GoogleTest)
+  add_executable(test_codec
+    tests/cpp/codec/test_codec_roundtrip.cpp
+    tests/cpp/codec/test_codec_malformed.cpp
+    tests/cpp/common/test_thread_pool.cpp)
+  target_link_libraries(test_codec PRIVATE jit_codec GTest::gtest_main)
+  target_include_directories(test_codec PRIVATE ${XXHASH_INCLUDE_DIR})
+  gtest_discover_tests(test_codec DISCOVERY_TIMEOUT 60)
+endif()
