@@ -6,6 +6,8 @@
 #   make bench    benchmarks/ (prints ratios against baselines measured in the same run)
 #   make lint     ruff + clang-format checks
 #   make fuzz     libFuzzer on the decoder for FUZZ_SECONDS (clang-14)
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3
 BUILD_DIR ?= build/cmake
 FUZZ_DIR ?= build/fuzz

@@ -222,26 +222,53 @@ void EncodePlan::write(uint8_t *dst) const {
   std::memset(env + p.envelope.size(), 0, base - kHeaderBytes - p.envelope.size());
 
   uint8_t *payload = dst + base;
+  // Tasks over all entries. A large uncompressed payload becomes one checksum task over its source
+  // plus many copy blocks, so that one big tensor still uses every thread; the checksum task comes
+  // first so that it overlaps the copies. Small payloads are copied and hashed in one fused pass.
+  constexpr uint64_t kSplitBytes = 4u << 20;
+  constexpr uint64_t kCopyBlock = 2u << 20;
+  struct Task {
+    uint32_t entry;
+    enum Kind : uint8_t { kFused, kHash, kCopy } kind;
+    uint64_t begin = 0, end = 0;
+  };
+  std::vector<Task> tasks;
+  for (uint32_t i = 0; i < p.entries.size(); ++i) {
+    const PlannedEntry &e = p.entries[i];
+    uint64_t end = e.offset + e.nbytes;
+    uint64_t next = i + 1 < p.entries.size() ? p.entries[i + 1].offset : end;
+    std::memset(payload + end, 0, next - end); // alignment padding after this payload
+    if (e.compressed || e.nbytes < kSplitBytes) {
+      tasks.push_back({i, Task::kFused});
+      continue;
+    }
+    tasks.insert(tasks.begin(), {i, Task::kHash});
+    for (uint64_t off = 0; off < e.nbytes; off += kCopyBlock) {
+      tasks.push_back({i, Task::kCopy, off, std::min(e.nbytes, off + kCopyBlock)});
+    }
+  }
   parallel_for(
-      p.entries.size(),
-      [&](size_t i) {
-        const PlannedEntry &e = p.entries[i];
-        uint64_t end = e.offset + e.nbytes;
-        uint64_t next = i + 1 < p.entries.size() ? p.entries[i + 1].offset : end;
-        std::memset(payload + end, 0, next - end); // alignment padding after this payload
-        uint64_t sum;
-        if (e.compressed) {
-          uint8_t *out = payload + e.offset;
-          for (const auto &c : e.chunks) {
-            std::memcpy(out, c.data(), c.size());
-            out += c.size();
+      tasks.size(),
+      [&](size_t t) {
+        const Task &task = tasks[t];
+        const PlannedEntry &e = p.entries[task.entry];
+        const auto *src = static_cast<const uint8_t *>(e.tensor->data);
+        uint8_t *out = payload + e.offset;
+        switch (task.kind) {
+        case Task::kCopy: std::memcpy(out + task.begin, src + task.begin, task.end - task.begin); return;
+        case Task::kHash: patch_fixed_u64(env + e.checksum_pos, checksum(src, e.nbytes)); return;
+        case Task::kFused:
+          if (e.compressed) {
+            for (const auto &c : e.chunks) {
+              std::memcpy(out, c.data(), c.size());
+              out += c.size();
+            }
+            patch_fixed_u64(env + e.checksum_pos, checksum(payload + e.offset, e.nbytes));
+          } else {
+            patch_fixed_u64(env + e.checksum_pos, copy_and_checksum(src, out, e.nbytes));
           }
-          sum = checksum(payload + e.offset, e.nbytes);
-        } else {
-          sum = copy_and_checksum(static_cast<const uint8_t *>(e.tensor->data), payload + e.offset,
-                                  e.nbytes);
+          return;
         }
-        patch_fixed_u64(env + e.checksum_pos, sum);
       },
       p.max_threads);
   store_le<uint64_t>(dst + kOffHeaderChecksum, header_checksum(dst, env, p.envelope.size()));
