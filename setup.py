@@ -7,7 +7,8 @@ Install against the torch that is already installed, never a freshly downloaded 
 
 Environment:
     JIT_BUILD_TYPE   CMake build type (default Release)
-    JIT_BUILD_DIR    CMake build directory (default build/cmake; kept for incremental rebuilds)
+    JIT_BUILD_DIR    CMake build directory (default build/cmake for editable installs, build/cmake-wheel
+                     otherwise; kept for incremental rebuilds)
     JIT_CMAKE_ARGS   extra CMake arguments, e.g. "-DJIT_BUILD_TESTS=ON -DJIT_WITH_CUDA=OFF"
     JIT_JOBS         parallel build jobs (default: the number of CPUs)
 """
@@ -52,7 +53,8 @@ class CMakeBuild(build_ext):
         # runs (make build) update the module that Python imports.
         editable = bool(getattr(self, "editable_mode", False) or self.inplace)
         outdir = ROOT / "jit_embedding" if editable else extdir
-        build_dir = Path(os.environ.get("JIT_BUILD_DIR", ROOT / "build" / "cmake"))
+        # Wheels get a build directory of their own, so they never redirect the editable build's output.
+        build_dir = Path(os.environ.get("JIT_BUILD_DIR", ROOT / "build" / ("cmake" if editable else "cmake-wheel")))
         jobs = os.environ.get("JIT_JOBS") or str(os.cpu_count() or 1)
         args = [
             f"-DCMAKE_BUILD_TYPE={os.environ.get('JIT_BUILD_TYPE', 'Release')}",
