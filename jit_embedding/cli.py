@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from jit_embedding import __version__, _C, codec
+from jit_embedding import _C, __version__, codec
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:

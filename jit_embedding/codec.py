@@ -67,7 +67,9 @@ def _to_item(name: str, value: Value) -> tuple:
         raise TypeError(f"codec.encode: value '{name}' is a {type(value).__name__}; expected a tensor, str or bytes")
     wire = _TORCH_TO_WIRE.get(value.dtype)
     if wire is None:
-        raise CodecError(f"unknown dtype: tensor '{name}' has dtype {value.dtype}, which the wire format does not carry")
+        raise CodecError(
+            f"unknown dtype: tensor '{name}' has dtype {value.dtype}, which the wire format does not carry"
+        )
     t = value.detach()
     if t.device.type != "cpu":
         t = t.cpu()
@@ -125,7 +127,7 @@ def _to_value(dtype: str, shape: list[int], buf: Any, offset: int, nbytes: int) 
 
 
 def decode(
-    frame: Union[bytes, bytearray, memoryview],
+    frame: bytes | bytearray | memoryview,
     *,
     verify: bool = True,
     limits: CodecLimits | None = None,
@@ -156,7 +158,7 @@ def decode(
     return values, meta
 
 
-def describe(frame: Union[bytes, bytearray, memoryview], *, limits: CodecLimits | None = None) -> dict:
+def describe(frame: bytes | bytearray | memoryview, *, limits: CodecLimits | None = None) -> dict:
     """Returns a frame's sizes and envelope (names, dtypes, shapes, codecs, meta) without decoding payloads."""
     return json.loads(_C.describe(frame, limits or _DEFAULT_LIMITS))
 

@@ -8,7 +8,9 @@
 
 namespace jit::codec::internal {
 
-uint64_t checksum(const void *data, size_t n) { return XXH3_64bits(data, n); }
+uint64_t checksum(const void *data, size_t n) {
+  return XXH3_64bits(data, n);
+}
 
 uint64_t header_checksum(const uint8_t *header, const uint8_t *envelope, size_t envelope_bytes) {
   XXH3_state_t state;
@@ -40,13 +42,15 @@ namespace {
 // Written per itemsize so that the compiler sees constant strides and vectorises the loops.
 template <size_t K> void shuffle_k(const uint8_t *src, uint8_t *dst, size_t count) {
   for (size_t i = 0; i < count; ++i) {
-    for (size_t j = 0; j < K; ++j) dst[j * count + i] = src[i * K + j];
+    for (size_t j = 0; j < K; ++j)
+      dst[j * count + i] = src[i * K + j];
   }
 }
 
 template <size_t K> void unshuffle_k(const uint8_t *src, uint8_t *dst, size_t count) {
   for (size_t i = 0; i < count; ++i) {
-    for (size_t j = 0; j < K; ++j) dst[i * K + j] = src[j * count + i];
+    for (size_t j = 0; j < K; ++j)
+      dst[i * K + j] = src[j * count + i];
   }
 }
 

@@ -44,11 +44,11 @@ struct CodecLimits {
 
 struct EncodeOptions {
   Compression compression = Compression::kNone;
-  int level = 1;                  // zstd level (negative levels are zstd's fast modes)
-  bool shuffle = true;            // byte-shuffle floating-point payloads before compressing
-  size_t chunk_bytes = 1u << 20;  // raw bytes per independently compressed chunk
+  int level = 1;                   // zstd level (negative levels are zstd's fast modes)
+  bool shuffle = true;             // byte-shuffle floating-point payloads before compressing
+  size_t chunk_bytes = 1u << 20;   // raw bytes per independently compressed chunk
   size_t min_compress_bytes = 512; // smaller payloads are stored uncompressed
-  size_t max_threads = 0;         // 0: the process pool's size (see common/thread_pool.h)
+  size_t max_threads = 0;          // 0: the process pool's size (see common/thread_pool.h)
 };
 
 struct DecodeOptions {
@@ -78,8 +78,7 @@ public:
 
 private:
   std::unique_ptr<Impl> impl_;
-  friend EncodePlan plan_encode(const std::vector<TensorView> &, const std::string &,
-                                const EncodeOptions &);
+  friend EncodePlan plan_encode(const std::vector<TensorView> &, const std::string &, const EncodeOptions &);
 };
 
 // Plans a frame for `tensors` (names must be unique) and an envelope `meta_msgpack`, which is one
@@ -105,7 +104,7 @@ struct DecodedTensor {
 
 struct DecodedFrame {
   std::vector<DecodedTensor> tensors;
-  std::string meta_msgpack; // the envelope's meta value re-packed as msgpack; empty when absent
+  std::string meta_msgpack;                      // the envelope's meta value re-packed as msgpack; empty when absent
   std::vector<std::shared_ptr<uint8_t[]>> owned; // decompressed payloads
 };
 

@@ -25,7 +25,9 @@ inline constexpr size_t kOffReserved32 = 12;
 inline constexpr size_t kOffPayloadBytes = 16;
 inline constexpr size_t kOffHeaderChecksum = 24;
 
-inline constexpr uint64_t align_up(uint64_t n) { return (n + kAlign - 1) & ~uint64_t{kAlign - 1}; }
+inline constexpr uint64_t align_up(uint64_t n) {
+  return (n + kAlign - 1) & ~uint64_t{kAlign - 1};
+}
 
 // Little-endian loads and stores. The frame is little-endian on every host; x86 and ARM compile
 // these to plain moves.
@@ -34,7 +36,9 @@ template <typename T> inline T load_le(const uint8_t *p) {
   std::memcpy(&v, p, sizeof(T));
   return v;
 }
-template <typename T> inline void store_le(uint8_t *p, T v) { std::memcpy(p, &v, sizeof(T)); }
+template <typename T> inline void store_le(uint8_t *p, T v) {
+  std::memcpy(p, &v, sizeof(T));
+}
 
 // XXH3-64, seed 0, of one buffer.
 uint64_t checksum(const void *data, size_t n);

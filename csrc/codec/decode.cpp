@@ -27,7 +27,9 @@ struct ZstdDCtx {
 thread_local ZstdDCtx tls_dctx;
 thread_local std::vector<uint8_t> tls_unshuffle_buf;
 
-std::string num(uint64_t v) { return std::to_string(v); }
+std::string num(uint64_t v) {
+  return std::to_string(v);
+}
 
 struct Header {
   uint32_t envelope_nbytes = 0;
@@ -53,12 +55,12 @@ Header read_header(const uint8_t *buf, size_t len, const CodecLimits &lim) {
   h.envelope_nbytes = load_le<uint32_t>(buf + kOffEnvelopeBytes);
   h.payload_nbytes = load_le<uint64_t>(buf + kOffPayloadBytes);
   if (h.envelope_nbytes > lim.max_envelope_bytes) {
-    fail("over limit", "envelope has " + num(h.envelope_nbytes) + " bytes, max_envelope_bytes is " +
-                           num(lim.max_envelope_bytes));
+    fail("over limit",
+         "envelope has " + num(h.envelope_nbytes) + " bytes, max_envelope_bytes is " + num(lim.max_envelope_bytes));
   }
   if (kHeaderBytes + uint64_t{h.envelope_nbytes} > len) {
-    fail("truncated", "envelope needs " + num(h.envelope_nbytes) + " bytes after the header, frame has " +
-                          num(len - kHeaderBytes));
+    fail("truncated",
+         "envelope needs " + num(h.envelope_nbytes) + " bytes after the header, frame has " + num(len - kHeaderBytes));
   }
   h.payload_base = align_up(kHeaderBytes + uint64_t{h.envelope_nbytes});
   uint64_t total;
@@ -78,8 +80,8 @@ msgpack::object_handle unpack_envelope(const uint8_t *buf, const Header &h, cons
   // Each element costs the parser a fixed-size object allocated up front, so element counts are
   // also bounded by the bytes that could possibly encode them.
   size_t n = h.envelope_nbytes;
-  msgpack::unpack_limit limit(std::min<size_t>(n, lim.max_array_length), std::min<size_t>(n / 2, lim.max_array_length), n,
-                              n, n, lim.max_depth);
+  msgpack::unpack_limit limit(std::min<size_t>(n, lim.max_array_length), std::min<size_t>(n / 2, lim.max_array_length),
+                              n, n, n, lim.max_depth);
   size_t off = 0;
   msgpack::object_handle oh;
   try {
@@ -186,7 +188,8 @@ Entry read_entry(const msgpack::object &m, const uint8_t *payload, const Header 
     if (f->type != msgpack::type::STR) fail("bad envelope", where + ": 'filter' has the wrong type");
     filter = std::string_view(f->via.str.ptr, f->via.str.size);
   }
-  if (filter != "none" && filter != "shuffle") fail("unknown codec", where + " has filter '" + std::string(filter) + "'");
+  if (filter != "none" && filter != "shuffle")
+    fail("unknown codec", where + " has filter '" + std::string(filter) + "'");
   if (codec == "none") {
     if (filter != "none") fail("bad envelope", where + ": an uncompressed payload cannot be shuffled");
     if (e.stored_nbytes != raw) {
@@ -307,7 +310,8 @@ DecodedFrame decode(const uint8_t *buf, size_t len, const DecodeOptions &options
     auto owned = alloc_aligned(e.out.nbytes);
     e.out.data = owned.get();
     frame.owned.push_back(std::move(owned));
-    for (size_t c = 0; c + 1 < e.chunk_offsets.size(); ++c) tasks.emplace_back(i, c);
+    for (size_t c = 0; c + 1 < e.chunk_offsets.size(); ++c)
+      tasks.emplace_back(i, c);
   }
   parallel_for(
       tasks.size(),
@@ -318,7 +322,8 @@ DecodedFrame decode(const uint8_t *buf, size_t len, const DecodeOptions &options
       options.max_threads);
 
   frame.tensors.reserve(entries.size());
-  for (auto &e : entries) frame.tensors.push_back(std::move(e.out));
+  for (auto &e : entries)
+    frame.tensors.push_back(std::move(e.out));
   if (const auto *meta = find_key(env, "meta"); meta != nullptr && meta->type != msgpack::type::NIL) {
     msgpack::sbuffer sb;
     msgpack::pack(sb, *meta);

@@ -30,11 +30,11 @@ thread_local std::vector<uint8_t> tls_shuffle_buf;
 
 struct PlannedEntry {
   const TensorView *tensor = nullptr;
-  uint64_t offset = 0;       // relative to payload_base
-  uint64_t nbytes = 0;       // stored bytes
+  uint64_t offset = 0; // relative to payload_base
+  uint64_t nbytes = 0; // stored bytes
   bool compressed = false;
   bool shuffled = false;
-  size_t checksum_pos = 0;   // where the 8 checksum bytes sit inside the envelope
+  size_t checksum_pos = 0; // where the 8 checksum bytes sit inside the envelope
   size_t chunk_size = 0;
   std::vector<std::vector<uint8_t>> chunks; // compressed chunks, when compressed
 };
@@ -44,14 +44,16 @@ struct PlannedEntry {
 size_t pack_fixed_u64(msgpack::sbuffer &sb, uint64_t v) {
   uint8_t b[9];
   b[0] = 0xcf;
-  for (int i = 0; i < 8; ++i) b[1 + i] = static_cast<uint8_t>(v >> (56 - 8 * i));
+  for (int i = 0; i < 8; ++i)
+    b[1 + i] = static_cast<uint8_t>(v >> (56 - 8 * i));
   size_t pos = sb.size() + 1;
   sb.write(reinterpret_cast<const char *>(b), sizeof(b));
   return pos;
 }
 
 void patch_fixed_u64(uint8_t *p, uint64_t v) {
-  for (int i = 0; i < 8; ++i) p[i] = static_cast<uint8_t>(v >> (56 - 8 * i));
+  for (int i = 0; i < 8; ++i)
+    p[i] = static_cast<uint8_t>(v >> (56 - 8 * i));
 }
 
 void validate_tensor(const TensorView &t) {
@@ -107,7 +109,8 @@ void compress_entry(PlannedEntry &e, const EncodeOptions &opt) {
       },
       opt.max_threads);
   uint64_t total = 0;
-  for (const auto &c : e.chunks) total += c.size();
+  for (const auto &c : e.chunks)
+    total += c.size();
   if (total >= t.nbytes) {
     // Incompressible: storing it raw is smaller and saves the reader a decompression.
     e.chunks.clear();
@@ -134,7 +137,9 @@ EncodePlan::~EncodePlan() = default;
 EncodePlan::EncodePlan(EncodePlan &&) noexcept = default;
 EncodePlan &EncodePlan::operator=(EncodePlan &&) noexcept = default;
 
-size_t EncodePlan::frame_bytes() const { return impl_->payload_base() + impl_->payload_nbytes; }
+size_t EncodePlan::frame_bytes() const {
+  return impl_->payload_base() + impl_->payload_nbytes;
+}
 
 EncodePlan plan_encode(const std::vector<TensorView> &tensors, const std::string &meta_msgpack,
                        const EncodeOptions &options) {
@@ -179,7 +184,8 @@ EncodePlan plan_encode(const std::vector<TensorView> &tensors, const std::string
     pk.pack(dtype_name(t.dtype));
     pk.pack(std::string_view("shape"));
     pk.pack_array(static_cast<uint32_t>(t.shape.size()));
-    for (int64_t d : t.shape) pk.pack_uint64(static_cast<uint64_t>(d));
+    for (int64_t d : t.shape)
+      pk.pack_uint64(static_cast<uint64_t>(d));
     pk.pack(std::string_view("offset"));
     pk.pack_uint64(e.offset);
     pk.pack(std::string_view("nbytes"));
@@ -197,7 +203,8 @@ EncodePlan plan_encode(const std::vector<TensorView> &tensors, const std::string
       pk.pack_uint64(e.chunk_size);
       pk.pack(std::string_view("chunks"));
       pk.pack_array(static_cast<uint32_t>(e.chunks.size()));
-      for (const auto &c : e.chunks) pk.pack_uint64(c.size());
+      for (const auto &c : e.chunks)
+        pk.pack_uint64(c.size());
     }
   }
   if (!meta_msgpack.empty()) {

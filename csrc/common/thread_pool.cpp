@@ -43,7 +43,8 @@ struct Job {
 class Pool {
 public:
   explicit Pool(size_t workers) {
-    for (size_t i = 0; i < workers; ++i) threads_.emplace_back([this] { loop(); });
+    for (size_t i = 0; i < workers; ++i)
+      threads_.emplace_back([this] { loop(); });
   }
   ~Pool() {
     {
@@ -51,7 +52,8 @@ public:
       stop_ = true;
     }
     cv_.notify_all();
-    for (auto &t : threads_) t.join();
+    for (auto &t : threads_)
+      t.join();
   }
 
   size_t workers() const { return threads_.size(); }
@@ -102,7 +104,7 @@ private:
   bool stop_ = false;
 };
 
-std::mutex g_pool_mu;  // serialises parallel_for callers: one job at a time
+std::mutex g_pool_mu; // serialises parallel_for callers: one job at a time
 Pool *g_pool = nullptr;
 pid_t g_pool_pid = 0;
 
@@ -123,13 +125,15 @@ size_t parallel_threads() {
 void parallel_for(size_t n, const std::function<void(size_t)> &fn, size_t max_threads) {
   size_t threads = max_threads == 0 ? parallel_threads() : std::min(max_threads, parallel_threads());
   if (n <= 1 || threads <= 1 || tls_in_pool_task) {
-    for (size_t i = 0; i < n; ++i) fn(i);
+    for (size_t i = 0; i < n; ++i)
+      fn(i);
     return;
   }
   // Another caller holds the pool: run inline rather than queue behind it.
   std::unique_lock<std::mutex> lock(g_pool_mu, std::try_to_lock);
   if (!lock.owns_lock()) {
-    for (size_t i = 0; i < n; ++i) fn(i);
+    for (size_t i = 0; i < n; ++i)
+      fn(i);
     return;
   }
   if (g_pool == nullptr || g_pool_pid != getpid()) {

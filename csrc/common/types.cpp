@@ -28,13 +28,21 @@ constexpr std::array<DTypeInfo, 12> kDTypes = {{
     {DType::kBytes, "bytes", 1, false},
 }};
 
-const DTypeInfo &info(DType dtype) { return kDTypes[static_cast<size_t>(dtype)]; }
+const DTypeInfo &info(DType dtype) {
+  return kDTypes[static_cast<size_t>(dtype)];
+}
 
 } // namespace
 
-size_t dtype_itemsize(DType dtype) { return info(dtype).itemsize; }
-std::string_view dtype_name(DType dtype) { return info(dtype).name; }
-bool dtype_is_floating(DType dtype) { return info(dtype).floating; }
+size_t dtype_itemsize(DType dtype) {
+  return info(dtype).itemsize;
+}
+std::string_view dtype_name(DType dtype) {
+  return info(dtype).name;
+}
+bool dtype_is_floating(DType dtype) {
+  return info(dtype).floating;
+}
 
 std::optional<DType> dtype_from_name(std::string_view name) {
   for (const auto &d : kDTypes) {

@@ -49,9 +49,9 @@ std::optional<uint64_t> shape_numel(const Shape &shape);
 struct TensorView {
   std::string name;
   DType dtype = DType::kUInt8;
-  Shape shape;              // e.g. [batch, channels, h, w]
+  Shape shape; // e.g. [batch, channels, h, w]
   const void *data = nullptr;
-  size_t nbytes = 0;        // == shape_numel(shape) * dtype_itemsize(dtype)
+  size_t nbytes = 0; // == shape_numel(shape) * dtype_itemsize(dtype)
 };
 
 } // namespace jit

@@ -18,12 +18,11 @@ codec::Compression parse_compression(const std::string &name) {
 } // namespace
 
 py::buffer_info FrameBuffer::buffer() {
-  return py::buffer_info(data, 1, py::format_descriptor<uint8_t>::format(), 1,
-                         {static_cast<py::ssize_t>(nbytes)}, {1});
+  return py::buffer_info(data, 1, py::format_descriptor<uint8_t>::format(), 1, {static_cast<py::ssize_t>(nbytes)}, {1});
 }
 
-py::bytes encode(const py::list &items, const py::bytes &meta, const std::string &compression, int level,
-                 bool shuffle, size_t chunk_bytes, size_t threads) {
+py::bytes encode(const py::list &items, const py::bytes &meta, const std::string &compression, int level, bool shuffle,
+                 size_t chunk_bytes, size_t threads) {
   codec::EncodeOptions opt;
   opt.compression = parse_compression(compression);
   opt.level = level;
@@ -97,8 +96,7 @@ py::tuple decode(const py::object &frame, bool verify, const codec::CodecLimits 
       auto &owned = decoded.owned[next_owned++];
       buf = py::cast(FrameBuffer{owned, nullptr, owned.get(), t.nbytes});
     }
-    entries.append(py::make_tuple(t.name, std::string(dtype_name(t.dtype)), py::cast(t.shape), buf, offset,
-                                  t.nbytes));
+    entries.append(py::make_tuple(t.name, std::string(dtype_name(t.dtype)), py::cast(t.shape), buf, offset, t.nbytes));
   }
   return py::make_tuple(entries, py::bytes(decoded.meta_msgpack));
 }

@@ -14,8 +14,8 @@ namespace py = pybind11;
 // Each buffer is a C-contiguous object exposing the buffer protocol (the Python wrapper passes
 // a uint8 view of each tensor). meta is one msgpack value (b"" for none).
 // compression: "none" or "zstd". Raises CodecError for inconsistent input.
-py::bytes encode(const py::list &items, const py::bytes &meta, const std::string &compression, int level,
-                 bool shuffle, size_t chunk_bytes, size_t threads);
+py::bytes encode(const py::list &items, const py::bytes &meta, const std::string &compression, int level, bool shuffle,
+                 size_t chunk_bytes, size_t threads);
 
 // Decodes a frame held by any buffer-protocol object. Returns (entries, meta) where entries is a
 // list of (name, dtype name, shape, buffer, offset, nbytes): `buffer` is the frame object itself

@@ -12,18 +12,17 @@ namespace {
 constexpr const char *kVersion = "0.1.0";
 
 void print_help(const char *argv0) {
-  std::printf(
-      "usage: %s --config server.yaml [options]\n"
-      "\n"
-      "Serves frozen encoders (AOTInductor .pt2 and TorchScript .pt artifacts made by\n"
-      "`jit-embedding export`) over HTTP with dynamic batching. Frames use the wire format in\n"
-      "docs/wire-format.md.\n"
-      "\n"
-      "options:\n"
-      "  --config PATH   server configuration (YAML)\n"
-      "  --help          show this message and exit\n"
-      "  --version       print the version and exit\n",
-      argv0);
+  std::printf("usage: %s --config server.yaml [options]\n"
+              "\n"
+              "Serves frozen encoders (AOTInductor .pt2 and TorchScript .pt artifacts made by\n"
+              "`jit-embedding export`) over HTTP with dynamic batching. Frames use the wire format in\n"
+              "docs/wire-format.md.\n"
+              "\n"
+              "options:\n"
+              "  --config PATH   server configuration (YAML)\n"
+              "  --help          show this message and exit\n"
+              "  --version       print the version and exit\n",
+              argv0);
 }
 
 } // namespace
