@@ -18,7 +18,6 @@ read-only (pass a ``bytearray`` to get writable views).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any, Union
 
@@ -50,6 +49,7 @@ DTYPES: dict[str, torch.dtype] = {
     "bool": torch.bool,
 }
 _TORCH_TO_WIRE = {v: k for k, v in DTYPES.items()}
+_NUMPY_TO_WIRE = {np.dtype(n): n for n in ("float32", "float16", "int8", "uint8", "int16", "int32", "int64", "bool")}
 _EMPTY = np.empty(0, dtype=np.uint8)
 
 
@@ -62,7 +62,7 @@ def _to_item(name: str, value: Value) -> tuple:
         raw = memoryview(value).cast("B")
         return (name, "bytes", [raw.nbytes], raw)
     if isinstance(value, np.ndarray):
-        value = torch.from_numpy(np.ascontiguousarray(value))
+        return _numpy_item(name, value)
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"codec.encode: value '{name}' is a {type(value).__name__}; expected a tensor, str or bytes")
     wire = _TORCH_TO_WIRE.get(value.dtype)
@@ -74,8 +74,26 @@ def _to_item(name: str, value: Value) -> tuple:
     if t.device.type != "cpu":
         t = t.cpu()
     shape = list(t.shape)
-    t = t.resolve_conj().resolve_neg().contiguous()
-    buf = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else _EMPTY
+    t = t.resolve_conj().resolve_neg().contiguous().reshape(-1)
+    if t.numel() == 1 and t.stride(0) != 1:
+        # A one-element view counts as contiguous whatever its stride; .view(uint8) needs stride 1.
+        t = t.clone(memory_format=torch.contiguous_format)
+    buf = t.view(torch.uint8).numpy() if t.numel() else _EMPTY
+    return (name, wire, shape, buf)
+
+
+def _numpy_item(name: str, value: np.ndarray) -> tuple:
+    """NumPy arrays go straight to the buffer protocol (no torch): read-only arrays work without
+    torch's warning, and non-native byte orders are converted to the wire's little-endian."""
+    if not value.dtype.isnative:
+        value = value.astype(value.dtype.newbyteorder("="))
+    wire = _NUMPY_TO_WIRE.get(value.dtype)
+    if wire is None:
+        raise CodecError(f"unknown dtype: array '{name}' has dtype {value.dtype}, which the wire format does not carry")
+    shape = list(value.shape)
+    if not value.flags.c_contiguous:
+        value = np.ascontiguousarray(value)
+    buf = value.reshape(-1).view(np.uint8) if value.size else _EMPTY
     return (name, wire, shape, buf)
 
 
@@ -116,7 +134,10 @@ def encode(
 
 def _to_value(dtype: str, shape: list[int], buf: Any, offset: int, nbytes: int) -> Any:
     if dtype == "str":
-        return bytes(memoryview(buf)[offset : offset + nbytes]).decode("utf-8", errors="strict")
+        try:
+            return bytes(memoryview(buf)[offset : offset + nbytes]).decode("utf-8", errors="strict")
+        except UnicodeDecodeError as e:
+            raise CodecError(f"bad envelope: a str payload is not UTF-8 ({e})") from None
     if dtype == "bytes":
         return bytes(memoryview(buf)[offset : offset + nbytes])
     torch_dtype = DTYPES[dtype]
@@ -154,13 +175,32 @@ def decode(
     """
     entries, meta_bytes = _C.decode(frame, bool(verify), limits or _DEFAULT_LIMITS, int(threads))
     values = {name: _to_value(dtype, shape, buf, off, n) for name, dtype, shape, buf, off, n in entries}
-    meta = msgpack.unpackb(meta_bytes, raw=False) if meta_bytes else None
-    return values, meta
+    return values, _unpack_meta(meta_bytes)
+
+
+def _unpack_meta(meta_bytes: bytes):
+    if not meta_bytes:
+        return None
+    try:
+        # Keys may be ints (ids): msgpack allows any key type, and so do we.
+        return msgpack.unpackb(meta_bytes, raw=False, strict_map_key=False)
+    except (UnicodeDecodeError, ValueError, TypeError) as e:
+        raise CodecError(f"bad envelope: meta cannot be read ({e})") from None
 
 
 def describe(frame: bytes | bytearray | memoryview, *, limits: CodecLimits | None = None) -> dict:
-    """Returns a frame's sizes and envelope (names, dtypes, shapes, codecs, meta) without decoding payloads."""
-    return json.loads(_C.describe(frame, limits or _DEFAULT_LIMITS))
+    """Returns a frame's sizes and envelope (names, dtypes, shapes, codecs, meta) without decoding payloads.
+
+    Raises:
+        CodecError: the header, its checksum or the envelope is malformed, or a limit is exceeded.
+    """
+    frame_bytes, envelope_bytes, payload_bytes, envelope = _C.describe(frame, limits or _DEFAULT_LIMITS)
+    return {
+        "frame_bytes": frame_bytes,
+        "envelope_bytes": envelope_bytes,
+        "payload_bytes": payload_bytes,
+        "envelope": msgpack.unpackb(envelope, raw=False, strict_map_key=False, unicode_errors="replace"),
+    }
 
 
 _DEFAULT_LIMITS = CodecLimits()

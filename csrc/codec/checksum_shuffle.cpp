@@ -1,5 +1,6 @@
 // Checksums, the byte-shuffle filter and the fused copy used by the encoder and decoder.
 #include <string>
+#include <sys/mman.h>
 
 #include "codec/codec_internal.h"
 
@@ -74,6 +75,14 @@ void unshuffle(const uint8_t *src, uint8_t *dst, size_t n, size_t itemsize) {
   case 8: unshuffle_k<8>(src, dst, count); return;
   default: std::memcpy(dst, src, n); return;
   }
+}
+
+void advise_huge_pages(void *p, size_t n) {
+  constexpr uintptr_t kHuge = 2u << 20;
+  if (n < 2 * kHuge) return;
+  uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
+  uintptr_t end = (reinterpret_cast<uintptr_t>(p) + n) & ~(kHuge - 1);
+  if (end > begin) madvise(reinterpret_cast<void *>(begin), end - begin, MADV_HUGEPAGE);
 }
 
 void fail(const char *what, const std::string &details) {

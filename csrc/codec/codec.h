@@ -112,8 +112,16 @@ struct DecodedFrame {
 // that alias it. Throws CodecError (see docs/wire-format.md, "Errors") for any malformed frame.
 DecodedFrame decode(const uint8_t *buf, size_t len, const DecodeOptions &options = {});
 
-// Reads the envelope of a frame (header checks, header checksum, limits) without touching the
-// payloads. Returns the envelope as JSON-like text for inspection tools.
-std::string describe(const uint8_t *buf, size_t len, const CodecLimits &limits = {});
+// A frame's sizes and its envelope, as read by describe().
+struct FrameInfo {
+  uint64_t frame_bytes = 0;
+  uint64_t envelope_bytes = 0;
+  uint64_t payload_bytes = 0;
+  std::string envelope_msgpack; // the envelope's bytes exactly as stored
+};
+
+// Checks a frame's header, header checksum, limits and envelope syntax without touching the
+// payloads, and returns its sizes and envelope, for inspection tools. Throws CodecError.
+FrameInfo describe(const uint8_t *buf, size_t len, const CodecLimits &limits = {});
 
 } // namespace jit::codec

@@ -2,7 +2,6 @@
 // verifies checksums and decompresses in parallel. Uncompressed payloads are never copied.
 #include <algorithm>
 #include <cstdlib>
-#include <sstream>
 #include <string>
 #include <unordered_set>
 #include <vector>
@@ -76,12 +75,17 @@ Header read_header(const uint8_t *buf, size_t len, const CodecLimits &lim) {
   return h;
 }
 
-msgpack::object_handle unpack_envelope(const uint8_t *buf, const Header &h, const CodecLimits &lim) {
-  // Each element costs the parser a fixed-size object allocated up front, so element counts are
-  // also bounded by the bytes that could possibly encode them.
+// Each element costs the parser a fixed-size object allocated up front, so element counts are
+// also bounded by the bytes that could possibly encode them.
+msgpack::unpack_limit envelope_limit(const Header &h, const CodecLimits &lim) {
   size_t n = h.envelope_nbytes;
-  msgpack::unpack_limit limit(std::min<size_t>(n, lim.max_array_length), std::min<size_t>(n / 2, lim.max_array_length),
-                              n, n, n, lim.max_depth);
+  return msgpack::unpack_limit(std::min<size_t>(n, lim.max_array_length),
+                               std::min<size_t>(n / 2, lim.max_array_length), n, n, n, lim.max_depth);
+}
+
+msgpack::object_handle unpack_envelope(const uint8_t *buf, const Header &h, const CodecLimits &lim) {
+  size_t n = h.envelope_nbytes;
+  msgpack::unpack_limit limit = envelope_limit(h, lim);
   size_t off = 0;
   msgpack::object_handle oh;
   try {
@@ -94,6 +98,57 @@ msgpack::object_handle unpack_envelope(const uint8_t *buf, const Header &h, cons
   if (off != n) fail("bad envelope", "envelope has " + num(n - off) + " bytes after its msgpack value");
   if (oh.get().type != msgpack::type::MAP) fail("bad envelope", "envelope is not a msgpack map");
   return oh;
+}
+
+// The exact bytes of the envelope's "meta" value, or empty. They are sliced out of the envelope
+// rather than re-packed from the parsed object, because msgpack-c re-packs an integral float
+// (1.0) as an integer and so would change the caller's values. Runs on an envelope that
+// unpack_envelope() has already validated, with the same limits.
+std::string raw_meta(const uint8_t *env, size_t n, const msgpack::unpack_limit &limit) {
+  const char *p = reinterpret_cast<const char *>(env);
+  uint8_t tag = env[0];
+  uint64_t pairs = 0;
+  size_t off = 1;
+  if ((tag & 0xf0) == 0x80) {
+    pairs = tag & 0x0f;
+  } else if (tag == 0xde) {
+    pairs = (uint64_t{env[1]} << 8) | env[2];
+    off = 3;
+  } else { // 0xdf
+    pairs = (uint64_t{env[1]} << 24) | (uint64_t{env[2]} << 16) | (uint64_t{env[3]} << 8) | env[4];
+    off = 5;
+  }
+  for (uint64_t i = 0; i < pairs; ++i) {
+    msgpack::object_handle key = msgpack::unpack(p, n, off, nullptr, nullptr, limit);
+    size_t start = off;
+    msgpack::object_handle val = msgpack::unpack(p, n, off, nullptr, nullptr, limit);
+    const msgpack::object &k = key.get();
+    if (k.type == msgpack::type::STR && std::string_view(k.via.str.ptr, k.via.str.size) == "meta") {
+      if (val.get().type == msgpack::type::NIL) return {};
+      return std::string(p + start, off - start);
+    }
+  }
+  return {};
+}
+
+bool valid_utf8(std::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    auto c = static_cast<uint8_t>(s[i]);
+    size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+    if (len == 0 || i + len > s.size()) return false;
+    uint32_t cp = len == 1 ? c : c & (0x7f >> len);
+    for (size_t j = 1; j < len; ++j) {
+      auto cc = static_cast<uint8_t>(s[i + j]);
+      if ((cc & 0xc0) != 0x80) return false;
+      cp = (cp << 6) | (cc & 0x3f);
+    }
+    // Overlong forms, surrogates and code points past U+10FFFF are not UTF-8.
+    static constexpr uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < kMin[len] || (cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff) return false;
+    i += len;
+  }
+  return true;
 }
 
 bool key_is(const msgpack::object &k, std::string_view s) {
@@ -142,6 +197,7 @@ Entry read_entry(const msgpack::object &m, const uint8_t *payload, const Header 
   if (m.type != msgpack::type::MAP) fail("bad envelope", where + " is not a map");
   Entry e;
   e.out.name = std::string(require_str(m, "name", where));
+  if (!valid_utf8(e.out.name)) fail("bad envelope", where + " has a name that is not UTF-8");
   where = "tensor '" + e.out.name + "'";
   std::string_view dtype_s = require_str(m, "dtype", where);
   auto dtype = dtype_from_name(dtype_s);
@@ -259,6 +315,7 @@ void decompress_chunk(const Entry &e, uint8_t *dst, size_t i) {
 std::shared_ptr<uint8_t[]> alloc_aligned(size_t n) {
   void *p = std::aligned_alloc(kAlign, std::max<size_t>(kAlign, align_up(n)));
   if (p == nullptr) throw std::bad_alloc();
+  advise_huge_pages(p, n);
   return std::shared_ptr<uint8_t[]>(static_cast<uint8_t *>(p), [](uint8_t *q) { std::free(q); });
 }
 
@@ -289,56 +346,68 @@ DecodedFrame decode(const uint8_t *buf, size_t len, const DecodeOptions &options
     }
   }
 
-  if (options.verify_checksums) {
-    parallel_for(
-        entries.size(),
-        [&](size_t i) {
-          const Entry &e = entries[i];
-          if (checksum(e.stored, e.stored_nbytes) != e.checksum) {
-            fail("bad checksum", "payload of tensor '" + e.out.name + "' does not match its checksum");
-          }
-        },
-        options.max_threads);
-  }
-
   DecodedFrame frame;
-  // One task per chunk across all compressed entries, so a single large tensor still uses every thread.
-  std::vector<std::pair<size_t, size_t>> tasks;
+  // One task list for everything proportional to the payloads: each entry's checksum (when
+  // verifying), then each chunk of each compressed entry, so that one large tensor still uses every
+  // thread and the checksums overlap decompression. zstd is safe on hostile input, so decompressing
+  // before the checksum has been confirmed is harmless; errors are reported in a fixed priority
+  // (checksum first, then entry order) so the same bad frame always gives the same message.
+  struct Task {
+    size_t entry;
+    size_t chunk; // SIZE_MAX: the entry's checksum
+  };
+  std::vector<Task> tasks;
+  if (options.verify_checksums) {
+    for (size_t i = 0; i < entries.size(); ++i) tasks.push_back({i, SIZE_MAX});
+  }
   for (size_t i = 0; i < entries.size(); ++i) {
     Entry &e = entries[i];
     if (!e.zstd) continue;
     auto owned = alloc_aligned(e.out.nbytes);
     e.out.data = owned.get();
     frame.owned.push_back(std::move(owned));
-    for (size_t c = 0; c + 1 < e.chunk_offsets.size(); ++c)
-      tasks.emplace_back(i, c);
+    for (size_t c = 0; c + 1 < e.chunk_offsets.size(); ++c) tasks.push_back({i, c});
   }
+  std::vector<std::string> errors(tasks.size());
   parallel_for(
       tasks.size(),
       [&](size_t t) {
-        const Entry &e = entries[tasks[t].first];
-        decompress_chunk(e, const_cast<uint8_t *>(e.out.data), tasks[t].second);
+        const Entry &e = entries[tasks[t].entry];
+        try {
+          if (tasks[t].chunk == SIZE_MAX) {
+            if (checksum(e.stored, e.stored_nbytes) != e.checksum) {
+              fail("bad checksum", "payload of tensor '" + e.out.name + "' does not match its checksum");
+            }
+          } else {
+            decompress_chunk(e, const_cast<uint8_t *>(e.out.data), tasks[t].chunk);
+          }
+        } catch (const CodecError &err) {
+          errors[t] = err.what();
+        }
       },
       options.max_threads);
+  for (const auto &err : errors) {
+    if (!err.empty()) throw CodecError(err);
+  }
 
   frame.tensors.reserve(entries.size());
   for (auto &e : entries)
     frame.tensors.push_back(std::move(e.out));
   if (const auto *meta = find_key(env, "meta"); meta != nullptr && meta->type != msgpack::type::NIL) {
-    msgpack::sbuffer sb;
-    msgpack::pack(sb, *meta);
-    frame.meta_msgpack.assign(sb.data(), sb.size());
+    frame.meta_msgpack = raw_meta(buf + kHeaderBytes, h.envelope_nbytes, envelope_limit(h, lim));
   }
   return frame;
 }
 
-std::string describe(const uint8_t *buf, size_t len, const CodecLimits &limits) {
+FrameInfo describe(const uint8_t *buf, size_t len, const CodecLimits &limits) {
   Header h = read_header(buf, len, limits);
-  msgpack::object_handle oh = unpack_envelope(buf, h, limits);
-  std::ostringstream os;
-  os << "{\"frame_bytes\": " << len << ", \"envelope_bytes\": " << h.envelope_nbytes
-     << ", \"payload_bytes\": " << h.payload_nbytes << ", \"envelope\": " << oh.get() << "}";
-  return os.str();
+  unpack_envelope(buf, h, limits);
+  FrameInfo info;
+  info.frame_bytes = len;
+  info.envelope_bytes = h.envelope_nbytes;
+  info.payload_bytes = h.payload_nbytes;
+  info.envelope_msgpack.assign(reinterpret_cast<const char *>(buf + kHeaderBytes), h.envelope_nbytes);
+  return info;
 }
 
 } // namespace jit::codec

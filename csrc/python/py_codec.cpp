@@ -101,9 +101,10 @@ py::tuple decode(const py::object &frame, bool verify, const codec::CodecLimits 
   return py::make_tuple(entries, py::bytes(decoded.meta_msgpack));
 }
 
-std::string describe(const py::buffer &frame, const codec::CodecLimits &limits) {
+py::tuple describe(const py::buffer &frame, const codec::CodecLimits &limits) {
   BufferLease lease(frame.ptr(), PyBUF_SIMPLE);
-  return codec::describe(lease.data(), lease.size(), limits);
+  codec::FrameInfo info = codec::describe(lease.data(), lease.size(), limits);
+  return py::make_tuple(info.frame_bytes, info.envelope_bytes, info.payload_bytes, py::bytes(info.envelope_msgpack));
 }
 
 } // namespace jit::python

@@ -23,8 +23,8 @@ py::bytes encode(const py::list &items, const py::bytes &meta, const std::string
 // meta is the msgpack bytes of the envelope's meta (b"" when absent).
 py::tuple decode(const py::object &frame, bool verify, const codec::CodecLimits &limits, size_t threads);
 
-// Returns the frame's header fields and envelope as JSON text, without touching payloads.
-std::string describe(const py::buffer &frame, const codec::CodecLimits &limits);
+// Returns (frame_bytes, envelope_bytes, payload_bytes, envelope msgpack bytes) without touching payloads.
+py::tuple describe(const py::buffer &frame, const codec::CodecLimits &limits);
 
 // Holds a Py_buffer export for as long as C++ code or a FrameBuffer uses it. While it is held, a
 // bytearray cannot be resized under the tensors that alias it. Destroy it with the GIL held.

@@ -40,3 +40,18 @@ if(JIT_BUILD_TESTS)
   target_link_libraries(test_engine PRIVATE jit_engine GTest::gtest_main)
   gtest_discover_tests(test_engine DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 60)
 endif()
+
+# CPU references of the kernels (csrc/ops), and the CUDA kernels against them (GPU tests skip without a device).
+# Both need the jit_ops library from the top-level CMakeLists.txt; the GPU test also needs jit_kernels (nvcc found).
+if(JIT_BUILD_TESTS AND TARGET jit_ops)
+  add_executable(test_ops tests/cpp/ops/test_ops_ref.cpp)
+  target_link_libraries(test_ops PRIVATE jit_ops GTest::gtest_main)
+  gtest_discover_tests(test_ops DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
+  if(TARGET jit_kernels)
+    add_executable(test_kernels_gpu tests/cpp/ops/test_kernels_gpu.cpp)
+    target_link_libraries(test_kernels_gpu PRIVATE jit_kernels jit_ops GTest::gtest_main)
+    gtest_discover_tests(test_kernels_gpu DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 300)
+  endif()
+elseif(JIT_BUILD_TESTS)
+  message(STATUS "test_ops / test_kernels_gpu: not built, there is no jit_ops target (see CMakeLists.txt)")
+endif()

@@ -1,0 +1,250 @@
+// CPU references for kernels/quantize.cu: software fp8 e4m3fn / bf16 / fp16 rounding and the rowwise, per-tensor
+// and cast operations built on them. Plain loops, one element at a time: clarity first, this is the oracle.
+//
+// Floating-point discipline: everything is fp32 arithmetic with one IEEE operation per step (no reciprocals, no
+// fused multiply-adds), matching the kernels' operation order, so the results agree bit for bit.
+#include "ops/ops_ref.h"
+
+#include <cfloat>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+namespace jit::ops::ref {
+namespace {
+
+using kernels::kInvalidValue;
+using kernels::kOk;
+
+uint32_t bits_of(float x) {
+  uint32_t b;
+  std::memcpy(&b, &x, sizeof b);
+  return b;
+}
+
+// |x| for finite x, 0 for NaN and +-Inf: the absmax ignores non-finite values so one bad element cannot zero out
+// the rest of its row (Inf would make the scale Inf and every finite code 0).
+float finite_abs(float x) {
+  const float a = std::fabs(x);
+  return a <= FLT_MAX ? a : 0.0f;
+}
+
+// The shared scale rule (jit_kernels.h): absmax / qmax, or 1 when that is 0.
+float scale_from_absmax(float absmax, float qmax) {
+  const float scale = absmax / qmax;
+  return scale > 0.0f ? scale : 1.0f;
+}
+
+// Symmetric int8: round to nearest even (nearbyint in the default rounding mode), clamp in float (so Inf is
+// defined), NaN -> 0.
+int8_t encode_int8(float x) {
+  if (std::isnan(x)) return 0;
+  const float r = std::nearbyint(x);
+  return static_cast<int8_t>(std::fmin(std::fmax(r, -kernels::kInt8Max), kernels::kInt8Max));
+}
+
+float row_absmax(const void *src, FloatDtype dtype, int64_t first, int64_t count) {
+  float m = 0.0f;
+  for (int64_t j = 0; j < count; ++j)
+    m = std::fmax(m, finite_abs(load_float(src, dtype, first + j)));
+  return m;
+}
+
+} // namespace
+
+// ---- scalar conversions ------------------------------------------------------------------------------------------
+
+uint8_t float_to_e4m3fn(float x) {
+  if (std::isnan(x)) return 0x7F; // the canonical NaN, whatever the input's sign (as CUDA)
+  const uint8_t sign = std::signbit(x) ? 0x80 : 0x00;
+  const float a = std::fabs(x);
+
+  // 464 is halfway between 448 (the largest finite, 0x7E) and the would-be next value 480. Ties go to even, and
+  // 448's mantissa 0b110 is even, so only magnitudes strictly above 464 "round past" 448; with saturation every
+  // such value (and Inf) becomes 448 anyway, so one comparison covers both.
+  if (a >= 464.0f) return sign | 0x7E;
+
+  // Subnormals (and zero): below the smallest normal 2^-6, codes 0..7 are multiples of 2^-9. Scaling by 2^9 is
+  // exact, and nearbyint rounds to nearest even; a result of 8 is the smallest normal, whose code is also 8.
+  if (a < 0.015625f) return sign | static_cast<uint8_t>(std::nearbyint(a * 512.0f));
+
+  // Normals: keep fp32's top 3 mantissa bits, round on the 20 dropped bits. A carry out of the mantissa correctly
+  // bumps the exponent field; a < 464 guarantees the result stays at most 0x7E.
+  const uint32_t b = bits_of(a);
+  const uint32_t exponent = (b >> 23) - 127 + 7; // in [1, 15]
+  const uint32_t mantissa = b & 0x7FFFFF;
+  uint32_t code = (exponent << 3) | (mantissa >> 20);
+  const uint32_t dropped = mantissa & 0xFFFFF, half = 0x80000;
+  if (dropped > half || (dropped == half && (code & 1))) ++code;
+  return sign | static_cast<uint8_t>(code);
+}
+
+float e4m3fn_to_float(uint8_t code) {
+  const bool negative = code & 0x80;
+  const int exponent = (code >> 3) & 0xF;
+  const int mantissa = code & 0x7;
+  float v;
+  if (exponent == 0xF && mantissa == 0x7) {
+    v = std::numeric_limits<float>::quiet_NaN(); // e4m3fn spends only S.1111.111 on NaN; there is no Inf
+  } else if (exponent == 0) {
+    v = std::ldexp(static_cast<float>(mantissa), -9); // subnormal: mantissa * 2^(1 - 7 - 3)
+  } else {
+    v = std::ldexp(static_cast<float>(8 + mantissa), exponent - 7 - 3); // 1.mmm * 2^(e - 7)
+  }
+  return negative ? -v : v;
+}
+
+uint16_t float_to_bf16(float x) {
+  if (std::isnan(x)) return 0x7FFF;
+  // bf16 is the top half of an fp32 with the same exponent range, so rounding is purely on the low 16 bits; a
+  // carry propagates into the exponent (and up to Inf) exactly as round-to-nearest-even requires.
+  const uint32_t b = bits_of(x);
+  uint32_t upper = b >> 16;
+  const uint32_t lower = b & 0xFFFF;
+  if (lower > 0x8000 || (lower == 0x8000 && (upper & 1))) ++upper;
+  return static_cast<uint16_t>(upper);
+}
+
+float bf16_to_float(uint16_t bits) {
+  const uint32_t b = static_cast<uint32_t>(bits) << 16;
+  float x;
+  std::memcpy(&x, &b, sizeof x);
+  return x;
+}
+
+uint16_t float_to_fp16(float x) {
+  if (std::isnan(x)) return 0x7FFF;
+  const uint16_t sign = std::signbit(x) ? 0x8000 : 0x0000;
+  const float a = std::fabs(x);
+
+  // 65520 is halfway between the largest finite fp16 65504 (mantissa all ones, odd) and 65536: ties go up to Inf.
+  if (a >= 65520.0f) return sign | 0x7C00;
+
+  // Subnormals (and zero): multiples of 2^-24 below 2^-14. Scaling by 2^24 is exact even for fp32 subnormals; a
+  // result of 1024 is the smallest normal, whose code is also 1024.
+  if (a < 6.103515625e-05f) return sign | static_cast<uint16_t>(std::nearbyint(a * 16777216.0f));
+
+  const uint32_t b = bits_of(a);
+  const uint32_t exponent = (b >> 23) - 127 + 15; // in [1, 30]
+  const uint32_t mantissa = b & 0x7FFFFF;
+  uint32_t code = (exponent << 10) | (mantissa >> 13);
+  const uint32_t dropped = mantissa & 0x1FFF, half = 0x1000;
+  if (dropped > half || (dropped == half && (code & 1))) ++code;
+  return sign | static_cast<uint16_t>(code);
+}
+
+float fp16_to_float(uint16_t bits) {
+  const bool negative = bits & 0x8000;
+  const int exponent = (bits >> 10) & 0x1F;
+  const int mantissa = bits & 0x3FF;
+  float v;
+  if (exponent == 0x1F) {
+    v = mantissa ? std::numeric_limits<float>::quiet_NaN() : std::numeric_limits<float>::infinity();
+  } else if (exponent == 0) {
+    v = std::ldexp(static_cast<float>(mantissa), -24); // subnormal: mantissa * 2^(1 - 15 - 10)
+  } else {
+    v = std::ldexp(static_cast<float>(1024 + mantissa), exponent - 15 - 10);
+  }
+  return negative ? -v : v;
+}
+
+float load_float(const void *data, FloatDtype dtype, int64_t i) {
+  switch (dtype) {
+  case FloatDtype::kFloat32: return static_cast<const float *>(data)[i];
+  case FloatDtype::kFloat16: return fp16_to_float(static_cast<const uint16_t *>(data)[i]);
+  case FloatDtype::kBFloat16: return bf16_to_float(static_cast<const uint16_t *>(data)[i]);
+  }
+  return std::numeric_limits<float>::quiet_NaN(); // unreachable for a validated dtype
+}
+
+void store_float(void *data, FloatDtype dtype, int64_t i, float x) {
+  switch (dtype) {
+  case FloatDtype::kFloat32: static_cast<float *>(data)[i] = x; break;
+  case FloatDtype::kFloat16: static_cast<uint16_t *>(data)[i] = float_to_fp16(x); break;
+  case FloatDtype::kBFloat16: static_cast<uint16_t *>(data)[i] = float_to_bf16(x); break;
+  }
+}
+
+// ---- quantization ------------------------------------------------------------------------------------------------
+
+Status quantize_fp8_rowwise(const void *src, FloatDtype src_dtype, int64_t rows, int64_t cols, uint8_t *dst,
+                            float *scales) {
+  if (Status st = kernels::detail::check_matrix(src, dst, scales, rows, cols, src_dtype); st != kOk) return st;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float scale = scale_from_absmax(row_absmax(src, src_dtype, r * cols, cols), kernels::kFp8E4M3Max);
+    scales[r] = scale;
+    for (int64_t j = 0; j < cols; ++j) {
+      dst[r * cols + j] = float_to_e4m3fn(load_float(src, src_dtype, r * cols + j) / scale);
+    }
+  }
+  return kOk;
+}
+
+Status dequantize_fp8_rowwise(const uint8_t *src, const float *scales, int64_t rows, int64_t cols, void *dst,
+                              FloatDtype dst_dtype) {
+  if (Status st = kernels::detail::check_matrix(src, dst, scales, rows, cols, dst_dtype); st != kOk) return st;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j = 0; j < cols; ++j) {
+      store_float(dst, dst_dtype, r * cols + j, e4m3fn_to_float(src[r * cols + j]) * scales[r]);
+    }
+  }
+  return kOk;
+}
+
+Status quantize_fp8_per_tensor(const void *src, FloatDtype src_dtype, int64_t numel, uint8_t *dst, float *scale) {
+  // A [1, numel] matrix has the same argument rules; the scale is written even for numel == 0.
+  if (Status st = kernels::detail::check_matrix(src, dst, scale, 1, numel, src_dtype); st != kOk) return st;
+  const float s = scale_from_absmax(row_absmax(src, src_dtype, 0, numel), kernels::kFp8E4M3Max);
+  *scale = s;
+  for (int64_t i = 0; i < numel; ++i)
+    dst[i] = float_to_e4m3fn(load_float(src, src_dtype, i) / s);
+  return kOk;
+}
+
+Status dequantize_fp8_per_tensor(const uint8_t *src, const float *scale, int64_t numel, void *dst,
+                                 FloatDtype dst_dtype) {
+  if (Status st = kernels::detail::check_matrix(src, dst, scale, 1, numel, dst_dtype); st != kOk) return st;
+  for (int64_t i = 0; i < numel; ++i)
+    store_float(dst, dst_dtype, i, e4m3fn_to_float(src[i]) * scale[0]);
+  return kOk;
+}
+
+Status quantize_int8_rowwise(const void *src, FloatDtype src_dtype, int64_t rows, int64_t cols, int8_t *dst,
+                             float *scales) {
+  if (Status st = kernels::detail::check_matrix(src, dst, scales, rows, cols, src_dtype); st != kOk) return st;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float scale = scale_from_absmax(row_absmax(src, src_dtype, r * cols, cols), kernels::kInt8Max);
+    scales[r] = scale;
+    for (int64_t j = 0; j < cols; ++j)
+      dst[r * cols + j] = encode_int8(load_float(src, src_dtype, r * cols + j) / scale);
+  }
+  return kOk;
+}
+
+Status dequantize_int8_rowwise(const int8_t *src, const float *scales, int64_t rows, int64_t cols, void *dst,
+                               FloatDtype dst_dtype) {
+  if (Status st = kernels::detail::check_matrix(src, dst, scales, rows, cols, dst_dtype); st != kOk) return st;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j = 0; j < cols; ++j) {
+      store_float(dst, dst_dtype, r * cols + j, static_cast<float>(src[r * cols + j]) * scales[r]);
+    }
+  }
+  return kOk;
+}
+
+Status cast_float(const void *src, FloatDtype src_dtype, void *dst, FloatDtype dst_dtype, int64_t numel) {
+  if (numel < 0 || !kernels::detail::valid_dtype(src_dtype) || !kernels::detail::valid_dtype(dst_dtype)) {
+    return kInvalidValue;
+  }
+  if (numel == 0) return kOk;
+  if (src == nullptr || dst == nullptr) return kInvalidValue;
+  if (src_dtype == dst_dtype) { // a plain copy keeps NaN payloads, as the kernel's cudaMemcpyAsync does
+    std::memcpy(dst, src, static_cast<size_t>(numel) * kernels::float_dtype_size(src_dtype));
+    return kOk;
+  }
+  for (int64_t i = 0; i < numel; ++i)
+    store_float(dst, dst_dtype, i, load_float(src, src_dtype, i));
+  return kOk;
+}
+
+} // namespace jit::ops::ref
