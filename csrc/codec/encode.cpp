@@ -107,8 +107,13 @@ void compress_entry(PlannedEntry &e, const EncodeOptions &opt) {
   const TensorView &t = *e.tensor;
   size_t itemsize = dtype_itemsize(t.dtype);
   e.shuffled = opt.shuffle && itemsize > 1 && dtype_is_floating(t.dtype);
-  // A multiple of the itemsize, so that each chunk shuffles on its own.
-  e.chunk_size = std::max<size_t>(itemsize, opt.chunk_bytes / itemsize * itemsize);
+  // At most chunk_bytes, yet small enough that every thread gets at least two chunks: a worker
+  // that wakes late then only delays a small chunk, while the caller keeps compressing. A multiple
+  // of the itemsize, so that each chunk shuffles on its own.
+  size_t threads = opt.max_threads == 0 ? parallel_threads() : std::min(opt.max_threads, parallel_threads());
+  size_t target = std::max<size_t>(128u << 10, t.nbytes / (2 * threads));
+  size_t chunk = std::min(opt.chunk_bytes, target);
+  e.chunk_size = std::max<size_t>(itemsize, chunk / itemsize * itemsize);
   size_t n_chunks = (t.nbytes + e.chunk_size - 1) / e.chunk_size;
   e.chunks.clear();
   e.chunks.resize(n_chunks);
