@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <string_view>
 
 #include "codec/codec.h"
 
@@ -56,6 +57,9 @@ void unshuffle(const uint8_t *src, uint8_t *dst, size_t n, size_t itemsize);
 // Copies n bytes from src to dst and returns the XXH3-64 of them, in one pass over cache-sized
 // blocks, so the source is read from memory once.
 uint64_t copy_and_checksum(const uint8_t *src, uint8_t *dst, size_t n);
+
+// True if s is well-formed UTF-8 (no overlong forms, surrogates, or code points past U+10FFFF).
+bool valid_utf8(std::string_view s);
 
 // Asks the kernel to back the 2 MiB-aligned interior of a large, fresh buffer with transparent
 // huge pages. Writing a fresh buffer otherwise takes one page fault per 4 KiB, which on small VMs

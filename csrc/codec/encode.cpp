@@ -183,6 +183,7 @@ EncodePlan plan_encode(const std::vector<TensorView> &tensors, const std::string
   for (size_t i = 0; i < tensors.size(); ++i) {
     const TensorView &t = tensors[i];
     validate_tensor(t);
+    if (!valid_utf8(t.name)) fail("bad envelope", "a tensor name is not UTF-8");
     if (!names.insert(t.name).second) fail("duplicate name", "tensor '" + t.name + "' appears twice");
     PlannedEntry &e = p.entries[i];
     e.tensor = &t;
