@@ -107,12 +107,12 @@ void compress_entry(PlannedEntry &e, const EncodeOptions &opt) {
   const TensorView &t = *e.tensor;
   size_t itemsize = dtype_itemsize(t.dtype);
   e.shuffled = opt.shuffle && itemsize > 1 && dtype_is_floating(t.dtype);
-  // At most chunk_bytes, yet small enough that every thread gets at least two chunks: a worker
-  // that wakes late then only delays a small chunk, while the caller keeps compressing. A multiple
+  // At most chunk_bytes, yet small enough for eight chunks: a worker that wakes late then delays
+  // only a small chunk while the caller keeps compressing. It depends on the input alone, never
+  // on the thread count, so every machine writes the same bytes for the same tensors. A multiple
   // of the itemsize, so that each chunk shuffles on its own.
-  size_t threads = opt.max_threads == 0 ? parallel_threads() : std::min(opt.max_threads, parallel_threads());
-  size_t target = std::max<size_t>(128u << 10, t.nbytes / (2 * threads));
-  size_t chunk = std::min(opt.chunk_bytes, target);
+  constexpr size_t kMinChunks = 8;
+  size_t chunk = std::min(opt.chunk_bytes, std::max<size_t>(128u << 10, t.nbytes / kMinChunks));
   e.chunk_size = std::max<size_t>(itemsize, chunk / itemsize * itemsize);
   size_t n_chunks = (t.nbytes + e.chunk_size - 1) / e.chunk_size;
   e.chunks.clear();

@@ -56,3 +56,12 @@ def assert_bit_equal(got: torch.Tensor, want: torch.Tensor) -> None:
 def roundtrip(values, **kw):
     frame = codec.encode(values, **kw)
     return (*codec.decode(frame), frame)
+
+
+def large_values() -> dict:
+    """Compressible payloads of a few MiB, where chunking choices matter."""
+    return {
+        "a": (torch.arange(3 << 18) % 7).float(),  # 3 MiB
+        "b": (torch.arange(5 << 19) % 11).to(torch.bfloat16),  # 5 MiB
+        "c": (torch.arange(700_000) % 3).to(torch.int8),
+    }

@@ -12,7 +12,11 @@ decode(verify=False) skips only the payload checksums; describe() returns the en
 from __future__ import annotations
 
 import gc
+import hashlib
 import math
+import os
+import subprocess
+import sys
 import warnings
 
 import msgpack
@@ -25,6 +29,7 @@ from codec_testing import (
     NUMPY_DTYPES,
     as_bits,
     assert_bit_equal,
+    large_values,
     make_tensor,
     raw_bytes,
     roundtrip,
@@ -432,6 +437,43 @@ def test_thread_count_does_not_change_the_bytes(compression):
                 assert got[name] == want
             else:
                 assert_bit_equal(got[name], want)
+
+
+def test_thread_count_does_not_change_the_bytes_at_default_chunking():
+    """A frame is a function of its inputs and options only: threads=1, the default pool and any other
+    count give the same bytes, so frames (and golden files) do not depend on the machine's core count."""
+    values = large_values()
+    one = codec.encode(values, compression="zstd", threads=1)
+    for threads in (0, 2, 3, 16):
+        frame = codec.encode(values, compression="zstd", threads=threads)
+        if frame != one:
+            chunks = [(e["name"], e.get("chunk_size")) for e in codec.describe(frame)["envelope"]["tensors"]]
+            ones = [(e["name"], e.get("chunk_size")) for e in codec.describe(one)["envelope"]["tensors"]]
+            pytest.fail(f"threads={threads} gives other bytes than threads=1; chunk sizes {chunks} vs {ones}")
+
+
+_SUBPROCESS_ENCODE = """
+import hashlib, sys, torch
+sys.path.insert(0, {here!r})
+from codec_testing import large_values
+from jit_embedding import codec
+print(hashlib.sha256(codec.encode(large_values(), compression="zstd")).hexdigest())
+"""
+
+
+def test_pool_size_does_not_change_the_bytes():
+    """The same frame from processes whose thread pools differ (JIT_NUM_THREADS=1 and 8)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    want = hashlib.sha256(codec.encode(large_values(), compression="zstd", threads=1)).hexdigest()
+    for n in ("1", "8"):
+        out = subprocess.run(
+            [sys.executable, "-c", _SUBPROCESS_ENCODE.format(here=here)],
+            env={**os.environ, "JIT_NUM_THREADS": n},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert out.stdout.strip() == want, f"JIT_NUM_THREADS={n}"
 
 
 def test_verify_false_decodes_and_skips_only_payload_checksums():

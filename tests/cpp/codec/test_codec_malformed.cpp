@@ -654,6 +654,20 @@ TEST(BadEnvelope, ChunkLengthThatIsNotAnInteger) {
   EXPECT_TRUE(Rejects(g.bytes(), "bad envelope", "chunk sizes must be integers"));
 }
 
+TEST(BadEnvelope, NameThatIsNotUtf8) {
+  for (const char *name : {"\xff", "a\xc3", "\xc0\xaf", "\xe0\x80\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80",
+                           "\xf8\x88\x80\x80\x80", "\x80"}) {
+    Frame f = base_frame();
+    f.a().set("name", str_v(name));
+    EXPECT_TRUE(Rejects(f.bytes(), "bad envelope", "UTF-8")) << ::testing::PrintToString(std::string(name));
+  }
+  for (const char *name : {"caf\xc3\xa9", "\xe6\x97\xa5", "\xf0\x9f\x98\x80", "\xf4\x8f\xbf\xbf", ""}) {
+    Frame f = base_frame();
+    f.a().set("name", str_v(name));
+    EXPECT_TRUE(Decodes(f.bytes())) << ::testing::PrintToString(std::string(name));
+  }
+}
+
 TEST(BadEnvelope, UncompressedPayloadWithTheShuffleFilter) {
   Frame f = base_frame();
   f.a().set("filter", str_v("shuffle"));
