@@ -36,8 +36,12 @@ build: setup $(INSTALL_STAMP)
 
 test: build test-cpp test-python fuzz
 
+# ctest's own summary, plus each skipped test with the reason it gave (GTEST_SKIP messages).
 test-cpp:
-	@ctest --test-dir $(BUILD_DIR) --output-on-failure -j $(JOBS) | tail -n 3
+	@ctest --test-dir $(BUILD_DIR) --output-on-failure -j $(JOBS) > build/ctest.log 2>&1 || (cat build/ctest.log; exit 1)
+	@grep -E "tests passed" build/ctest.log
+	@grep -A1 -E ": Skipped$$" $(BUILD_DIR)/Testing/Temporary/LastTest.log | grep -vE ": Skipped$$|^--$$" \
+	  | sort | uniq -c | sed 's/^ */ctest skipped: /' || true
 
 test-python:
 	@$(PYTHON) -m pytest -q tests/python
