@@ -25,7 +25,7 @@ uint64_t copy_and_checksum(const uint8_t *src, uint8_t *dst, size_t n) {
   // Small enough that the block just copied is still in L2 when it is hashed.
   constexpr size_t kBlock = 128 * 1024;
   if (n <= kBlock) {
-    std::memcpy(dst, src, n);
+    if (n > 0) std::memcpy(dst, src, n); // an empty tensor's data may be null: memcpy(_, null, 0) is UB
     return XXH3_64bits(dst, n);
   }
   XXH3_state_t state;

@@ -79,8 +79,8 @@ Header read_header(const uint8_t *buf, size_t len, const CodecLimits &lim) {
 // also bounded by the bytes that could possibly encode them.
 msgpack::unpack_limit envelope_limit(const Header &h, const CodecLimits &lim) {
   size_t n = h.envelope_nbytes;
-  return msgpack::unpack_limit(std::min<size_t>(n, lim.max_array_length),
-                               std::min<size_t>(n / 2, lim.max_array_length), n, n, n, lim.max_depth);
+  return msgpack::unpack_limit(std::min<size_t>(n, lim.max_array_length), std::min<size_t>(n / 2, lim.max_array_length),
+                               n, n, n, lim.max_depth);
 }
 
 msgpack::object_handle unpack_envelope(const uint8_t *buf, const Header &h, const CodecLimits &lim) {
@@ -338,7 +338,8 @@ DecodedFrame decode(const uint8_t *buf, size_t len, const DecodeOptions &options
   };
   std::vector<Task> tasks;
   if (options.verify_checksums) {
-    for (size_t i = 0; i < entries.size(); ++i) tasks.push_back({i, SIZE_MAX});
+    for (size_t i = 0; i < entries.size(); ++i)
+      tasks.push_back({i, SIZE_MAX});
   }
   for (size_t i = 0; i < entries.size(); ++i) {
     Entry &e = entries[i];
@@ -346,7 +347,8 @@ DecodedFrame decode(const uint8_t *buf, size_t len, const DecodeOptions &options
     auto owned = alloc_aligned(e.out.nbytes);
     e.out.data = owned.get();
     frame.owned.push_back(std::move(owned));
-    for (size_t c = 0; c + 1 < e.chunk_offsets.size(); ++c) tasks.push_back({i, c});
+    for (size_t c = 0; c + 1 < e.chunk_offsets.size(); ++c)
+      tasks.push_back({i, c});
   }
   std::vector<std::string> errors(tasks.size());
   parallel_for(

@@ -91,11 +91,19 @@ void validate_tensor(const TensorView &t) {
   if (t.nbytes > 0 && t.data == nullptr) fail("size mismatch", "tensor '" + t.name + "' has no data");
 }
 
+// Checks that meta is one msgpack value within the default decoder limits, so that we never
+// write a frame that our own decoder refuses. Element counts are bounded by the bytes that could
+// encode them: the parser allocates per element up front, so an unbounded 5-byte array header
+// would otherwise ask for 128 GiB.
 void validate_meta(const std::string &meta) {
   if (meta.empty()) return;
+  const CodecLimits lim;
+  size_t n = meta.size();
+  msgpack::unpack_limit limit(std::min<size_t>(n, lim.max_array_length), std::min<size_t>(n / 2, lim.max_array_length),
+                              n, n, n, lim.max_depth);
   size_t off = 0;
   try {
-    msgpack::object_handle oh = msgpack::unpack(meta.data(), meta.size(), off);
+    msgpack::object_handle oh = msgpack::unpack(meta.data(), meta.size(), off, nullptr, nullptr, limit);
   } catch (const std::exception &e) {
     fail("bad envelope", std::string("meta is not valid msgpack: ") + e.what());
   }

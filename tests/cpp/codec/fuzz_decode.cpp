@@ -1,12 +1,21 @@
 // libFuzzer target: decode arbitrary bytes. Any outcome but a decoded frame or a CodecError (a
 // crash, another exception, a sanitizer report, a leak) is a bug. A frame that decodes must
 // re-encode and decode to the same tensors.
+//
+// Each input is decoded twice: as it is, and with its header checksum recomputed. Without the
+// second pass nearly every mutation would stop at the checksum, and the envelope and payload
+// parsers behind it would never see hostile input.
 #include <cstdint>
 #include <cstring>
 
-#include "codec/codec.h"
+#include <string>
 
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+#include "codec/codec.h"
+#include "codec/codec_internal.h"
+
+namespace {
+
+int decode_one(const uint8_t *data, size_t size) {
   using namespace jit::codec;
   DecodeOptions opt;
   // Small limits keep each input cheap; they are still checked on every path.
@@ -22,7 +31,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   std::vector<jit::TensorView> views;
   uint64_t sum = 0;
   for (const auto &t : frame.tensors) {
-    for (size_t i = 0; i < t.nbytes; ++i) sum += t.data[i]; // every byte must be readable
+    for (size_t i = 0; i < t.nbytes; ++i)
+      sum += t.data[i]; // every byte must be readable
     views.push_back({t.name, t.dtype, t.shape, t.data, t.nbytes});
   }
   for (int compression = 0; compression < 2; ++compression) {
@@ -42,4 +52,19 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
   }
   return sum == 0xFFFFFFFFFFFFFFFFull; // uses sum so the reads are not optimised away
+}
+
+} // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  using namespace jit::codec::internal;
+  decode_one(data, size);
+  if (size < kHeaderBytes) return 0;
+  uint32_t envelope = load_le<uint32_t>(data + kOffEnvelopeBytes);
+  if (envelope > size - kHeaderBytes) return 0;
+  std::string fixed(reinterpret_cast<const char *>(data), size);
+  auto *p = reinterpret_cast<uint8_t *>(fixed.data());
+  store_le<uint64_t>(p + kOffHeaderChecksum, header_checksum(p, p + kHeaderBytes, envelope));
+  decode_one(p, size);
+  return 0;
 }
