@@ -71,14 +71,16 @@ TEST(ThreadPool, EachIndexRunsExactlyOnce) {
   for (size_t n : {size_t{2}, size_t{3}, size_t{17}, size_t{1000}, size_t{100000}}) {
     std::vector<std::atomic<int>> hits(n);
     parallel_for(n, [&](size_t i) { hits[i].fetch_add(1); });
-    for (size_t i = 0; i < n; ++i) ASSERT_EQ(hits[i].load(), 1) << "n=" << n << " i=" << i;
+    for (size_t i = 0; i < n; ++i)
+      ASSERT_EQ(hits[i].load(), 1) << "n=" << n << " i=" << i;
   }
 }
 
 TEST(ThreadPool, ZeroTasksNeverCallsFn) {
   std::atomic<int> calls{0};
   parallel_for(0, [&](size_t) { calls.fetch_add(1); });
-  parallel_for(0, [&](size_t) { calls.fetch_add(1); }, 1);
+  parallel_for(
+      0, [&](size_t) { calls.fetch_add(1); }, 1);
   EXPECT_EQ(calls.load(), 0);
 }
 
@@ -93,7 +95,9 @@ TEST(ThreadPool, OneTaskRunsOnTheCallingThread) {
   EXPECT_EQ(seen.ids(), std::set<std::thread::id>{std::this_thread::get_id()});
 }
 
-TEST(ThreadPool, ParallelThreadsIsAtLeastOne) { EXPECT_GE(parallel_threads(), 1u); }
+TEST(ThreadPool, ParallelThreadsIsAtLeastOne) {
+  EXPECT_GE(parallel_threads(), 1u);
+}
 
 TEST(ThreadPool, UsesSeveralThreadsWhenAllowed) {
   if (parallel_threads() < 2) GTEST_SKIP() << "JIT_NUM_THREADS=1";
@@ -169,7 +173,8 @@ TEST(ThreadPool, PoolStillWorksAfterAnError) {
   EXPECT_THROW(parallel_for(16, [](size_t) { throw std::logic_error("every task fails"); }), std::logic_error);
   std::vector<std::atomic<int>> hits(500);
   parallel_for(hits.size(), [&](size_t i) { hits[i].fetch_add(1); });
-  for (auto &h : hits) ASSERT_EQ(h.load(), 1);
+  for (auto &h : hits)
+    ASSERT_EQ(h.load(), 1);
   if (parallel_threads() >= 2) {
     EXPECT_GT(threads_used(64, 2, 0).size(), 1u);
   }
@@ -189,7 +194,8 @@ TEST(ThreadPool, NestedCallsRunInlineWithoutDeadlock) {
       });
     });
   });
-  for (size_t i = 0; i < hits.size(); ++i) ASSERT_EQ(hits[i].load(), 1) << i;
+  for (size_t i = 0; i < hits.size(); ++i)
+    ASSERT_EQ(hits[i].load(), 1) << i;
   EXPECT_EQ(foreign.load(), 0) << "nested calls must run inline on the task's own thread";
 }
 
@@ -218,7 +224,8 @@ TEST(ThreadPool, ConcurrentCallersEachGetAllTheirIndices) {
       }
     });
   }
-  for (auto &t : callers) t.join();
+  for (auto &t : callers)
+    t.join();
   EXPECT_EQ(bad.load(), 0);
 }
 
@@ -342,7 +349,8 @@ TEST(ThreadPoolFork, ForkWhileAnotherThreadIsInsideParallelForDoesNotHangTheChil
       std::this_thread::sleep_for(milliseconds(2));
     });
   });
-  while (!started.load()) std::this_thread::sleep_for(milliseconds(1));
+  while (!started.load())
+    std::this_thread::sleep_for(milliseconds(1));
   const pid_t pid = fork();
   if (pid == 0) _exit(child_body(/*want_parallel=*/false)); // inline is fine; hanging is not
   busy.join();
