@@ -27,7 +27,11 @@ if(JIT_BUILD_TESTS)
   include(GoogleTest)
   add_executable(test_codec
     tests/cpp/codec/test_codec_roundtrip.cpp
-    tests/cpp/codec/test_codec_malformed.cpp
+    tests/cpp/codec/test_codec_layout.cpp
+    tests/cpp/codec/test_codec_meta_and_encode_errors.cpp
+    tests/cpp/codec/test_codec_malformed_header.cpp
+    tests/cpp/codec/test_codec_malformed_envelope.cpp
+    tests/cpp/codec/test_codec_limits.cpp
     tests/cpp/common/test_thread_pool.cpp)
   target_link_libraries(test_codec PRIVATE jit_codec GTest::gtest_main)
   target_include_directories(test_codec PRIVATE ${XXHASH_INCLUDE_DIR} ${MSGPACK_INCLUDE_DIR})
