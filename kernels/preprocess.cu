@@ -6,6 +6,7 @@
 // across a block. Reads are byte loads of C adjacent channels (neighbouring threads read neighbouring pixels, so a
 // warp touches a few contiguous 32-byte sectors); writes are coalesced per output plane. The arithmetic follows
 // the contract's op order with explicit fmaf, so nvcc's contraction cannot change a single bit versus the CPU.
+#include "convert.cuh"
 #include "jit_kernels.h"
 
 #include <cuda_bf16.h>
@@ -32,16 +33,7 @@ struct Params {
   float a[kMaxChannels], b[kMaxChannels]; // out = fma(v, a, b), see normalize_coefficients
 };
 
-template <typename T> __device__ __forceinline__ T from_float(float x);
-template <> __device__ __forceinline__ float from_float<float>(float x) {
-  return x;
-}
-template <> __device__ __forceinline__ __half from_float<__half>(float x) {
-  return __float2half_rn(x);
-}
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
-}
+using detail::from_float;
 
 // One axis of bilinear sampling with align_corners=False: the two source indices and the weight of the second.
 struct Tap {

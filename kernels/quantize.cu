@@ -5,6 +5,7 @@
 // pointers are aligned for it (and, for row-structured work, when a row holds a whole number of packs); otherwise
 // the same kernels run with packs of one element. Bit-exactness with the CPU reference relies on IEEE fp32 division
 // and multiplication, so this file must not be compiled with --use_fast_math (kernels/CMakeLists.txt does not).
+#include "convert.cuh"
 #include "jit_kernels.h"
 
 #include <cuda_bf16.h>
@@ -32,26 +33,8 @@ constexpr int64_t kWarpRowMaxPacks = 4 * kWarp; // rows up to this many packs ge
 
 // ---- element conversions ---------------------------------------------------------------------------------------
 
-__device__ __forceinline__ float to_float(float x) {
-  return x;
-}
-__device__ __forceinline__ float to_float(__half x) {
-  return __half2float(x);
-}
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) {
-  return __bfloat162float(x);
-}
-
-template <typename T> __device__ __forceinline__ T from_float(float x);
-template <> __device__ __forceinline__ float from_float<float>(float x) {
-  return x;
-}
-template <> __device__ __forceinline__ __half from_float<__half>(float x) {
-  return __float2half_rn(x);
-}
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
-}
+using detail::from_float;
+using detail::to_float;
 
 // N elements moved with one load/store instruction; the alignment makes nvcc emit 64/128-bit accesses.
 template <typename T, int N> struct alignas(sizeof(T) * N) Pack { T v[N]; };
