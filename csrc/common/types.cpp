@@ -1,6 +1,11 @@
 #include "common/types.h"
 
+#include <algorithm>
 #include <array>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <stdexcept>
 
 namespace jit {
 namespace {
@@ -58,6 +63,23 @@ std::optional<uint64_t> shape_numel(const Shape &shape) {
     if (__builtin_mul_overflow(n, static_cast<uint64_t>(d), &n)) return std::nullopt;
   }
   return n;
+}
+
+Tensor make_tensor(std::string name, DType dtype, Shape shape) {
+  auto numel = shape_numel(shape);
+  if (!numel) throw std::invalid_argument("make_tensor: invalid shape for '" + name + "'");
+  Tensor t;
+  t.name = std::move(name);
+  t.dtype = dtype;
+  t.shape = std::move(shape);
+  t.nbytes = *numel * dtype_itemsize(dtype);
+  size_t alloc = (std::max<size_t>(t.nbytes, 1) + 63) / 64 * 64;
+  void *p = std::aligned_alloc(64, alloc);
+  if (p == nullptr) throw std::bad_alloc();
+  std::memset(p, 0, alloc);
+  t.owner = std::shared_ptr<void>(p, [](void *q) { std::free(q); });
+  t.data = p;
+  return t;
 }
 
 } // namespace jit

@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -52,6 +53,46 @@ struct TensorView {
   Shape shape; // e.g. [batch, channels, h, w]
   const void *data = nullptr;
   size_t nbytes = 0; // == shape_numel(shape) * dtype_itemsize(dtype)
+};
+
+// An owning, contiguous (C order) tensor: `owner` keeps `data` alive (a decoded frame, a batch
+// output buffer, ...), so slices of one buffer can be handed to several requests without copies.
+struct Tensor {
+  std::string name;
+  DType dtype = DType::kUInt8;
+  Shape shape;
+  std::shared_ptr<const void> owner;
+  const void *data = nullptr;
+  size_t nbytes = 0;
+
+  TensorView view() const { return {name, dtype, shape, data, nbytes}; }
+};
+
+// Allocates a zero-initialised tensor of `shape` and `dtype` that owns its bytes (64-byte aligned).
+Tensor make_tensor(std::string name, DType dtype, Shape shape);
+
+// One input or output as an encoder declares it. A dimension of -1 is dynamic; dimension 0 is
+// the batch dimension and is always dynamic.
+struct TensorSpec {
+  std::string name;
+  DType dtype = DType::kFloat32;
+  Shape shape; // e.g. [-1, 3, 256, 256] or [-1, -1] for token ids
+};
+
+struct EncoderSpec {
+  std::vector<TensorSpec> inputs;
+  std::vector<TensorSpec> outputs;
+};
+
+// The stacked inputs of one batch, in the encoder's input order: each is [batch, ...].
+struct Batch {
+  std::vector<Tensor> inputs;
+  size_t size = 0; // samples
+};
+
+// What an executor returns for a batch: every output is [batch, ...], in spec order.
+struct EncoderOutput {
+  std::vector<Tensor> outputs;
 };
 
 } // namespace jit

@@ -40,7 +40,8 @@ if(JIT_BUILD_TESTS)
 endif()
 
 if(JIT_BUILD_TESTS)
-  add_executable(test_engine tests/cpp/engine/test_batcher.cpp tests/cpp/common/test_metrics.cpp)
+  add_executable(test_engine tests/cpp/engine/test_batcher.cpp tests/cpp/engine/test_engine.cpp
+    tests/cpp/common/test_metrics.cpp)
   target_link_libraries(test_engine PRIVATE jit_engine GTest::gtest_main)
   gtest_discover_tests(test_engine DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 60)
 endif()

@@ -1,0 +1,302 @@
+#include "engine/engine.h"
+
+#include <cstring>
+#include <thread>
+
+namespace jit::engine {
+
+namespace {
+
+using executor::ExecutorError;
+
+double micros(Clock::duration d) {
+  return std::chrono::duration<double, std::micro>(d).count();
+}
+
+struct Job {
+  std::vector<Tensor> inputs;
+  size_t samples = 0;
+  Clock::time_point enqueued;
+  std::promise<Result> promise;
+};
+
+std::string shape_text(const Shape &s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i)
+    out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+// Checks inputs against the spec and returns the batching signature: dtypes and non-batch dims,
+// so that only requests whose inputs stack into one tensor share a batch.
+std::string check_inputs(const std::string &encoder, const EncoderSpec &spec, const std::vector<Tensor> &inputs,
+                         size_t &samples) {
+  auto invalid = [&](const std::string &msg) {
+    return EngineError(EngineError::Code::kInvalidInput, "encoder '" + encoder + "': " + msg);
+  };
+  if (inputs.size() != spec.inputs.size()) {
+    throw invalid("expects " + std::to_string(spec.inputs.size()) + " inputs, got " + std::to_string(inputs.size()));
+  }
+  std::string signature;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const Tensor &t = inputs[i];
+    const TensorSpec &s = spec.inputs[i];
+    if (t.name != s.name)
+      throw invalid("input " + std::to_string(i) + " must be '" + s.name + "', got '" + t.name + "'");
+    if (t.dtype != s.dtype) {
+      throw invalid("input '" + s.name + "' must be " + std::string(dtype_name(s.dtype)) + ", got " +
+                    std::string(dtype_name(t.dtype)));
+    }
+    if (t.shape.size() != s.shape.size()) {
+      throw invalid("input '" + s.name + "' must have shape " + shape_text(s.shape) + ", got " + shape_text(t.shape));
+    }
+    for (size_t d = 1; d < s.shape.size(); ++d) {
+      if (s.shape[d] >= 0 && t.shape[d] != s.shape[d]) {
+        throw invalid("input '" + s.name + "' must have shape " + shape_text(s.shape) + ", got " + shape_text(t.shape));
+      }
+    }
+    if (s.shape.empty() || t.shape[0] < 1)
+      throw invalid("input '" + s.name + "' needs a batch dimension of at least 1");
+    if (i == 0) samples = static_cast<size_t>(t.shape[0]);
+    if (static_cast<size_t>(t.shape[0]) != samples) {
+      throw invalid("inputs disagree on the batch size (" + std::to_string(samples) + " vs " +
+                    std::to_string(t.shape[0]) + ")");
+    }
+    signature += std::string(dtype_name(t.dtype)) + shape_text(Shape(t.shape.begin() + 1, t.shape.end())) + ";";
+  }
+  return signature;
+}
+
+} // namespace
+
+// One version of one encoder: its executor, queue and threads.
+class Engine::Deployment {
+public:
+  Deployment(std::string name, std::shared_ptr<executor::Executor> exec, EncoderConfig config,
+             metrics::Registry *metrics)
+      : name_(std::move(name)), exec_(std::move(exec)), config_(config), batcher_(config.batching) {
+    if (metrics != nullptr) {
+      metrics::Labels l{{"encoder", name_}};
+      ok_ = &metrics->counter("jit_requests_total", "Requests by encoder and outcome.",
+                              {{"encoder", name_}, {"outcome", "ok"}});
+      failed_ = &metrics->counter("jit_requests_total", "Requests by encoder and outcome.",
+                                  {{"encoder", name_}, {"outcome", "error"}});
+      expired_ = &metrics->counter("jit_requests_total", "Requests by encoder and outcome.",
+                                   {{"encoder", name_}, {"outcome", "deadline"}});
+      batch_size_ = &metrics->histogram("jit_batch_size", "Samples per executed batch.",
+                                        metrics::exponential_buckets(1, 2, 11), l);
+      queue_depth_ = &metrics->gauge("jit_queue_depth", "Samples waiting in the encoder's queue.", l);
+      queue_s_ = &metrics->histogram("jit_queue_seconds", "Time from admission to batch start.",
+                                     metrics::exponential_buckets(1e-5, 2, 18), l);
+      compute_s_ = &metrics->histogram("jit_compute_seconds", "Stack, execute and split time per batch.",
+                                       metrics::exponential_buckets(1e-5, 2, 18), l);
+    }
+    for (size_t i = 0; i < std::max<size_t>(1, config_.instances); ++i)
+      threads_.emplace_back([this] { loop(); });
+  }
+
+  ~Deployment() { close_and_join(); }
+
+  void close_and_join() {
+    batcher_.close();
+    for (auto &t : threads_) {
+      if (t.joinable()) t.join();
+    }
+  }
+
+  std::future<Result> submit(std::vector<Tensor> inputs, Clock::time_point deadline) {
+    auto job = std::make_shared<Job>();
+    Pending p;
+    p.signature = check_inputs(name_, exec_->spec(), inputs, job->samples);
+    p.samples = job->samples;
+    p.deadline = deadline;
+    job->inputs = std::move(inputs);
+    job->enqueued = p.enqueued;
+    std::future<Result> f = job->promise.get_future();
+    p.payload = job;
+    switch (batcher_.push(std::move(p))) {
+    case Admit::kOk: break;
+    case Admit::kQueueFull:
+      throw EngineError(EngineError::Code::kQueueFull, "encoder '" + name_ + "' is overloaded: its queue holds " +
+                                                           std::to_string(config_.batching.max_queue_size) +
+                                                           " samples");
+    case Admit::kTooLarge:
+      throw EngineError(EngineError::Code::kTooLarge, "encoder '" + name_ + "': " + std::to_string(job->samples) +
+                                                          " samples exceed max_batch_size " +
+                                                          std::to_string(config_.batching.max_batch_size));
+    case Admit::kClosed: throw EngineError(EngineError::Code::kDraining, "encoder '" + name_ + "' is draining");
+    }
+    if (queue_depth_) queue_depth_->set(static_cast<double>(batcher_.queued_samples()));
+    return f;
+  }
+
+  EncoderInfo info() const { return {name_, exec_->version(), exec_->spec(), config_, batcher_.queued_samples()}; }
+
+private:
+  void loop() {
+    std::vector<Pending> batch, expired;
+    while (batcher_.pop(batch, expired)) {
+      for (auto &p : expired) {
+        if (expired_) expired_->inc();
+        static_cast<Job *>(p.payload.get())
+            ->promise.set_exception(std::make_exception_ptr(EngineError(
+                EngineError::Code::kDeadline, "deadline passed while waiting for encoder '" + name_ + "'")));
+      }
+      if (queue_depth_) queue_depth_->set(static_cast<double>(batcher_.queued_samples()));
+      if (!batch.empty()) run(batch);
+    }
+  }
+
+  // Stacks the jobs' inputs, runs the executor, and hands each job its rows of every output.
+  void run(std::vector<Pending> &pending) {
+    Clock::time_point start = Clock::now();
+    std::vector<Job *> jobs;
+    size_t total = 0;
+    for (auto &p : pending) {
+      jobs.push_back(static_cast<Job *>(p.payload.get()));
+      total += jobs.back()->samples;
+    }
+    const EncoderSpec &spec = exec_->spec();
+    try {
+      Batch b;
+      b.size = total;
+      for (size_t i = 0; i < spec.inputs.size(); ++i) {
+        const Tensor &first = jobs[0]->inputs[i];
+        if (jobs.size() == 1) {
+          b.inputs.push_back(first); // a lone request needs no copy
+          continue;
+        }
+        Shape shape = first.shape;
+        shape[0] = static_cast<int64_t>(total);
+        Tensor stacked = make_tensor(first.name, first.dtype, shape);
+        auto *dst = static_cast<uint8_t *>(const_cast<void *>(stacked.data));
+        for (Job *j : jobs) {
+          const Tensor &t = j->inputs[i];
+          if (t.nbytes) std::memcpy(dst, t.data, t.nbytes);
+          dst += t.nbytes;
+        }
+        b.inputs.push_back(std::move(stacked));
+      }
+      EncoderOutput out = exec_->run(b);
+      if (out.outputs.size() != spec.outputs.size()) {
+        throw ExecutorError("returned " + std::to_string(out.outputs.size()) + " outputs, its spec has " +
+                            std::to_string(spec.outputs.size()));
+      }
+      for (const Tensor &o : out.outputs) {
+        if (o.shape.empty() || o.shape[0] != static_cast<int64_t>(total)) {
+          throw ExecutorError("output '" + o.name + "' has shape " + shape_text(o.shape) + ", expected [" +
+                              std::to_string(total) + ", ...]");
+        }
+      }
+      double compute_us = micros(Clock::now() - start);
+      std::vector<Result> results;
+      results.reserve(jobs.size());
+      size_t row = 0;
+      for (Job *j : jobs) {
+        Result r;
+        r.version = exec_->version();
+        r.batch_samples = total;
+        r.queue_us = micros(start - j->enqueued);
+        r.compute_us = compute_us;
+        for (const Tensor &o : out.outputs) {
+          size_t row_bytes = o.nbytes / total;
+          Tensor slice = o;
+          slice.shape[0] = static_cast<int64_t>(j->samples);
+          slice.data = static_cast<const uint8_t *>(o.data) + row * row_bytes;
+          slice.nbytes = row_bytes * j->samples;
+          r.outputs.push_back(std::move(slice));
+        }
+        row += j->samples;
+        results.push_back(std::move(r));
+      }
+      // Metrics first, then the waiters: a client that scrapes /metrics right after its
+      // response must see its own request counted.
+      if (batch_size_) batch_size_->observe(static_cast<double>(total));
+      if (compute_s_) compute_s_->observe(compute_us * 1e-6);
+      for (size_t k = 0; k < jobs.size(); ++k) {
+        if (queue_s_) queue_s_->observe(results[k].queue_us * 1e-6);
+        if (ok_) ok_->inc();
+        jobs[k]->promise.set_value(std::move(results[k]));
+      }
+    } catch (const std::exception &e) {
+      auto err = std::make_exception_ptr(
+          EngineError(EngineError::Code::kExecutor, "encoder '" + name_ + "' failed: " + e.what()));
+      for (Job *j : jobs)
+        j->promise.set_exception(err);
+      if (failed_) failed_->inc(static_cast<double>(jobs.size()));
+    }
+  }
+
+  const std::string name_;
+  const std::shared_ptr<executor::Executor> exec_;
+  const EncoderConfig config_;
+  Batcher batcher_;
+  std::vector<std::thread> threads_;
+  metrics::Counter *ok_ = nullptr, *failed_ = nullptr, *expired_ = nullptr;
+  metrics::Histogram *batch_size_ = nullptr, *queue_s_ = nullptr, *compute_s_ = nullptr;
+  metrics::Gauge *queue_depth_ = nullptr;
+};
+
+Engine::Engine(metrics::Registry *metrics) : metrics_(metrics) {}
+
+Engine::~Engine() {
+  drain();
+}
+
+void Engine::load(const std::string &name, std::shared_ptr<executor::Executor> executor, EncoderConfig config) {
+  auto next = std::make_shared<Deployment>(name, std::move(executor), config, metrics_);
+  std::shared_ptr<Deployment> old;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (draining_) throw EngineError(EngineError::Code::kDraining, "the engine is draining");
+    auto &slot = deployments_[name];
+    old = std::move(slot);
+    slot = next;
+  }
+  // New requests already go to `next`; the old version finishes what it had queued, then goes.
+  if (old) old->close_and_join();
+}
+
+std::shared_ptr<Engine::Deployment> Engine::find(const std::string &name) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = deployments_.find(name);
+  if (it == deployments_.end()) {
+    throw EngineError(EngineError::Code::kUnknownEncoder, "no encoder named '" + name + "'");
+  }
+  return it->second;
+}
+
+std::future<Result> Engine::submit(const std::string &name, std::vector<Tensor> inputs, Clock::time_point deadline) {
+  // A request that races an in-place update may reach the old deployment just as it closes; it
+  // then goes to the new one, so a swap never fails a request.
+  for (int attempt = 0;; ++attempt) {
+    std::shared_ptr<Deployment> d = find(name);
+    try {
+      return d->submit(inputs, deadline);
+    } catch (const EngineError &e) {
+      bool swapped = e.code() == EngineError::Code::kDraining && find(name) != d;
+      if (!swapped || attempt > 8) throw;
+    }
+  }
+}
+
+std::vector<EncoderInfo> Engine::encoders() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<EncoderInfo> out;
+  for (const auto &[name, d] : deployments_)
+    out.push_back(d->info());
+  return out;
+}
+
+void Engine::drain() {
+  std::map<std::string, std::shared_ptr<Deployment>> all;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    draining_ = true;
+    all = deployments_;
+  }
+  for (auto &[name, d] : all)
+    d->close_and_join();
+}
+
+} // namespace jit::engine
