@@ -64,11 +64,11 @@ bench: build
 lint: setup
 	@$(PYTHON) -m ruff check jit_embedding tests benchmarks examples setup.py
 	@$(PYTHON) -m ruff format --check jit_embedding tests benchmarks examples setup.py
-	@clang-format-14 --dry-run -Werror $$(git ls-files 'csrc/*.cpp' 'csrc/*.h' 'tests/cpp/*.cpp' 'kernels/*.cu' 'kernels/*.h')
+	@clang-format-14 --dry-run -Werror $$(git ls-files 'csrc/*.cpp' 'csrc/*.h' 'tests/cpp/*.cpp' 'kernels/*.cu' 'kernels/*.cuh' 'kernels/*.h')
 
 format: setup
 	@$(PYTHON) -m ruff format jit_embedding tests benchmarks examples setup.py
-	@clang-format-14 -i $$(git ls-files 'csrc/*.cpp' 'csrc/*.h' 'tests/cpp/*.cpp' 'kernels/*.cu' 'kernels/*.h')
+	@clang-format-14 -i $$(git ls-files 'csrc/*.cpp' 'csrc/*.h' 'tests/cpp/*.cpp' 'kernels/*.cu' 'kernels/*.cuh' 'kernels/*.h')
 
 clean:
 	rm -rf build jit_embedding/_C*.so jit_embedding/bin

@@ -35,7 +35,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("chunk_bytes"), py::arg("threads"));
   m.def("decode", &python::decode, "Decode a frame into (name, dtype, shape, buffer, offset, nbytes) entries and meta.",
         py::arg("frame"), py::arg("verify"), py::arg("limits"), py::arg("threads"));
-  m.def("describe", &python::describe, "Return (frame_bytes, envelope_bytes, payload_bytes, envelope msgpack) of a frame.", py::arg("frame"),
+  m.def("describe", &python::describe,
+        "Return (frame_bytes, envelope_bytes, payload_bytes, envelope msgpack) of a frame.", py::arg("frame"),
         py::arg("limits"));
 
   // ---- runtime

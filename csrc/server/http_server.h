@@ -1,0 +1,133 @@
+// The HTTP front end of jit-embedding-server: routes, limits, errors, metrics and graceful drain.
+//
+// Wraps cpp-httplib's Server (Debian's libcpp-httplib 0.11.4: a thread per connection from a
+// fixed pool, blocking I/O). Every setting is a named field of ServerSettings with its default.
+//
+// Endpoints
+//   GET  /health/live          200 {"status":"live"} while the process serves at all
+//   GET  /health/ready         200 {"status":"ready"}; 503 JSON before set_ready(true) and while draining
+//   GET  /metrics              Prometheus text (version 0.0.4) of the registry given to the constructor
+//   GET  /v1/encoders          200 {"encoders": [...]} from ServerHooks::list_encoders
+//   POST /v1/encode/{encoder}  decodes the body as a frame (docs/wire-format.md); unknown encoder: 404
+//
+// Errors: every failure answers JSON {"error": "...", "code": "..."} with the status from
+// http_status() (server/errors.h), including the ones httplib produces itself (413 for a body over
+// max_body_bytes, 404 for an unknown route, 400 for a malformed request line), and bumps
+// jit_http_failures_total{reason=<code name>}. Every response bumps
+// jit_http_requests_total{path=<route template>,code=<status>}.
+//
+// Deadlines: X-Deadline-Ms on POST /v1/encode is an ABSOLUTE time, in milliseconds since the Unix
+// epoch (UTC, system clock), so that it survives retries and queueing unchanged. A request whose
+// deadline has already passed answers 504 without being decoded; a header that is not a
+// non-negative decimal integer answers 400. Clients and server need roughly synchronised clocks.
+#pragma once
+
+#include <array>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "codec/codec.h"
+#include "common/metrics.h"
+
+namespace httplib {
+class Server;
+}
+
+namespace jit::server {
+
+struct ServerSettings {
+  std::string host = "127.0.0.1"; // loopback unless asked otherwise: the server has no auth yet
+  int port = 0;                   // 0: an ephemeral port, reported by HttpServer::start()
+  // Worker threads; httplib serves one connection per thread for its whole keep-alive life, so
+  // this is how many keep-alive connections are served at once (more wait in the accept queue).
+  size_t threads = 512;
+  size_t max_body_bytes = size_t{1} << 30;      // larger bodies answer 413 before they are buffered
+  size_t keep_alive_max_count = 10000;          // requests per connection before the server closes it
+  std::chrono::seconds keep_alive_timeout{5};   // idle keep-alive connections close after this
+  std::chrono::seconds read_timeout{30};        // per socket read, not per request
+  std::chrono::seconds write_timeout{30};       // per socket write
+  bool tcp_nodelay = true;                      // small responses must not wait for Nagle
+  std::chrono::milliseconds drain_grace{30000}; // begin_drain() waits this long for in-flight requests
+  codec::CodecLimits codec_limits;              // applied to every request frame
+};
+
+// What the HTTP layer asks of the rest of the server. Both are called from handler threads, at
+// the same time, so they must be thread-safe. An empty function means "no encoders".
+struct ServerHooks {
+  std::function<bool(const std::string &)> has_encoder;
+  std::function<std::vector<std::string>()> list_encoders;
+};
+
+class HttpServer {
+public:
+  // Configures routes and limits; binds nothing yet. The registry must outlive the server.
+  HttpServer(ServerSettings settings, metrics::Registry &registry, ServerHooks hooks);
+  // Stops serving (without a drain) and joins the listener thread.
+  ~HttpServer();
+  HttpServer(const HttpServer &) = delete;
+  HttpServer &operator=(const HttpServer &) = delete;
+
+  // Binds settings.host:settings.port, starts accepting on a background thread, and returns the
+  // bound port (the ephemeral one when settings.port is 0). Returns once the server is accepting.
+  // Throws std::runtime_error if the address cannot be bound. Call at most once.
+  int start();
+
+  int port() const { return port_; }
+
+  // /health/ready answers 200 only while ready and not draining. Starts false.
+  void set_ready(bool ready);
+
+  // Graceful drain: from now on /health/ready answers 503 and new POSTs answer 503; waits up to
+  // drain_grace for in-flight POSTs to finish, then stops the server (idle keep-alive connections
+  // close within keep_alive_timeout). Returns true if every in-flight request finished in time.
+  // Thread-safe; later calls return at once with the first call's outcome.
+  bool begin_drain();
+
+  // Stops accepting and closes the listening socket, without a drain. Idempotent.
+  void stop();
+
+  // Blocks until the listener thread has returned (after stop() or begin_drain()).
+  void wait();
+
+  // POSTs being handled right now.
+  size_t in_flight() const;
+
+private:
+  void install_routes();
+  // Counts a request in, unless draining; returns false (and counts nothing) while draining.
+  bool enter();
+  void leave();
+
+  ServerSettings settings_;
+  metrics::Registry &registry_;
+  ServerHooks hooks_;
+  // jit_http_failures_total per reason, indexed by Code: looked up once, so counting a failure
+  // takes no registry lock.
+  std::array<metrics::Counter *, 8> failures_{};
+  std::unique_ptr<httplib::Server> http_;
+  std::thread listener_;
+  int port_ = 0;
+
+  mutable std::mutex mu_; // guards everything below
+  std::condition_variable idle_cv_;
+  size_t in_flight_ = 0;
+  bool ready_ = false;
+  bool draining_ = false;
+  std::optional<bool> drain_result_;
+  bool stopped_ = false;
+};
+
+// Parses an X-Deadline-Ms value: milliseconds since the Unix epoch as a non-negative decimal
+// integer. Returns nullopt for an absent (empty) header; throws ServerError(kBadRequest) for a
+// malformed one.
+std::optional<std::chrono::system_clock::time_point> parse_deadline_ms(const std::string &value);
+
+} // namespace jit::server

@@ -1,0 +1,178 @@
+"""The standalone server's HTTP front end, end to end: the real built binary on an ephemeral
+loopback port, driven with http.client. Covers health, metrics, the error mapping (404, 400, 413,
+504 as JSON), that the server stays healthy after each error, and that SIGTERM drains and exits 0."""
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from jit_embedding import codec
+
+ROOT = Path(__file__).resolve().parents[2]
+# JIT_SERVER_BINARY runs the same tests against another build (a sanitizer build, say).
+BINARY = Path(os.environ.get("JIT_SERVER_BINARY", ROOT / "jit_embedding" / "bin" / "jit-embedding-server"))
+MAX_BODY_BYTES = 1 << 20
+TIMEOUT_S = 10.0
+
+
+class Server:
+    def __init__(self, proc: subprocess.Popen, port: int):
+        self.proc = proc
+        self.port = port
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+        """One request on a fresh connection; returns (status, headers, body bytes)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=TIMEOUT_S)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            return resp.status, dict(resp.getheaders()), resp.read()
+        finally:
+            conn.close()
+
+    def assert_healthy(self):
+        status, _, body = self.request("GET", "/health/live")
+        assert status == 200 and json.loads(body) == {"status": "live"}
+        status, _, body = self.request("GET", "/health/ready")
+        assert status == 200 and json.loads(body) == {"status": "ready"}
+
+
+def start_server(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, int]:
+    port_file = tmp_path / "port"
+    proc = subprocess.Popen(
+        [str(BINARY), "--port", "0", "--port-file", str(port_file), "--threads", "8", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + TIMEOUT_S
+    while not port_file.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}: {proc.stderr.read()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("server did not write its port file in time")
+        time.sleep(0.01)
+    return proc, int(port_file.read_text())
+
+
+@pytest.fixture
+def server(tmp_path):
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} is not built (run `make build`)")
+    proc, port = start_server(tmp_path, "--max-body-bytes", str(MAX_BODY_BYTES))
+    try:
+        yield Server(proc, port)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=TIMEOUT_S)
+
+
+def valid_frame() -> bytes:
+    return codec.encode({"x": torch.arange(6.0).reshape(2, 3)}, meta={"k": "v"})
+
+
+def error_of(status_headers_body) -> dict:
+    _, headers, body = status_headers_body
+    assert headers.get("Content-Type", "").startswith("application/json")
+    return json.loads(body)
+
+
+def test_health_and_metrics(server):
+    server.assert_healthy()
+    status, headers, body = server.request("GET", "/metrics")
+    assert status == 200
+    assert headers["Content-Type"] == "text/plain; version=0.0.4"
+    text = body.decode()
+    assert "jit_http_requests_total" in text
+    assert 'jit_http_requests_total{code="200",path="/health/live"}' in text
+    assert 'jit_http_failures_total{reason="not_found"} 0' in text
+
+
+def test_encoders_list_is_empty_without_config(server):
+    status, _, body = server.request("GET", "/v1/encoders")
+    assert status == 200 and json.loads(body) == {"encoders": []}
+
+
+def test_unknown_encoder_is_404_naming_it(server):
+    result = server.request("POST", "/v1/encode/nope", body=valid_frame())
+    assert result[0] == 404
+    err = error_of(result)
+    assert err["code"] == "not_found" and "'nope'" in err["error"]
+    server.assert_healthy()
+
+
+def test_garbage_is_400_naming_the_problem(server):
+    for body in (b"garbage, not a frame at all, long enough to have a header.....", b"JE"):
+        result = server.request("POST", "/v1/encode/nope", body=body)
+        assert result[0] == 400
+        err = error_of(result)
+        assert err["code"] == "bad_request"
+        assert err["error"].startswith(("bad magic", "truncated")), err
+    server.assert_healthy()
+
+
+def test_body_over_max_body_bytes_is_413(server):
+    result = server.request("POST", "/v1/encode/nope", body=bytes(MAX_BODY_BYTES + 1))
+    assert result[0] == 413
+    assert error_of(result)["code"] == "payload_too_large"
+    server.assert_healthy()
+
+
+def test_past_deadline_is_504_and_bad_deadline_is_400(server):
+    past_ms = int(time.time() * 1000) - 60_000
+    result = server.request("POST", "/v1/encode/nope", body=valid_frame(), headers={"X-Deadline-Ms": str(past_ms)})
+    assert result[0] == 504
+    assert error_of(result)["code"] == "deadline_exceeded"
+    # A deadline in the future lets the request through to the encoder lookup.
+    future_ms = int(time.time() * 1000) + 60_000
+    result = server.request("POST", "/v1/encode/nope", body=valid_frame(), headers={"X-Deadline-Ms": str(future_ms)})
+    assert result[0] == 404
+    result = server.request("POST", "/v1/encode/nope", body=valid_frame(), headers={"X-Deadline-Ms": "soon"})
+    assert result[0] == 400
+    server.assert_healthy()
+
+
+def test_unknown_route_is_404_json_and_failures_are_counted(server):
+    result = server.request("GET", "/no/such/route")
+    assert result[0] == 404 and error_of(result)["code"] == "not_found"
+    server.request("POST", "/v1/encode/nope", body=b"JE")
+    text = server.request("GET", "/metrics")[2].decode()
+    assert 'jit_http_failures_total{reason="not_found"} 1' in text
+    assert 'jit_http_failures_total{reason="bad_request"} 1' in text
+    assert 'jit_http_requests_total{code="404",path="other"} 1' in text
+    assert 'jit_http_requests_total{code="400",path="/v1/encode/{encoder}"} 1' in text
+
+
+def test_keep_alive_connection_serves_many_requests(server):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT_S)
+    try:
+        for _ in range(20):
+            conn.request("POST", "/v1/encode/nope", body=valid_frame())
+            resp = conn.getresponse()
+            assert resp.status == 404
+            resp.read()
+    finally:
+        conn.close()
+
+
+def test_sigterm_exits_zero(server):
+    server.assert_healthy()
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=TIMEOUT_S) == 0
+    assert "draining" in server.proc.stderr.read()
+
+
+def test_config_is_refused_with_exit_2(tmp_path):
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} is not built (run `make build`)")
+    out = subprocess.run([str(BINARY), "--config", str(tmp_path / "x.yaml")], capture_output=True, text=True)
+    assert out.returncode == 2 and "not supported yet" in out.stderr
