@@ -112,6 +112,8 @@ void HttpServer::install_routes() {
   // and the failure counted by reason.
   auto send_error = [this](httplib::Response &res, const ServerError &e) {
     res.status = http_status(e);
+    // Overload is transient: tell well-behaved clients when to come back instead of letting them spin.
+    if (e.code() == Code::kOverloaded) res.set_header("Retry-After", "1");
     res.set_content(error_json(e), kJson);
     failures_.at(static_cast<size_t>(e.code()))->inc();
   };
@@ -205,20 +207,22 @@ void HttpServer::install_routes() {
         const std::string encoder = req.matches[1].str();
         codec::DecodeOptions options;
         options.limits = settings_.codec_limits;
+        codec::DecodedFrame frame;
         try {
           // Validated before the encoder lookup: a malformed frame is the client's first
           // problem whatever it was sent to.
-          (void)codec::decode(reinterpret_cast<const uint8_t *>(req.body.data()), req.body.size(), options);
+          frame = codec::decode(reinterpret_cast<const uint8_t *>(req.body.data()), req.body.size(), options);
         } catch (const codec::CodecError &e) {
           throw from_codec_error(e);
         }
         if (!hooks_.has_encoder || !hooks_.has_encoder(encoder)) {
           throw ServerError(Code::kNotFound, "unknown encoder '" + encoder + "'");
         }
-        // An encoder the registry knows but that nothing can run yet: the engine and its
-        // executors plug in here.
-        (void)res;
-        throw ServerError(Code::kNotReady, "not ready: encoder '" + encoder + "' has no executor in this build");
+        if (!hooks_.encode) {
+          throw ServerError(Code::kNotReady, "not ready: encoder '" + encoder + "' has no executor in this build");
+        }
+        // req.body outlives this call, and the frame's tensors point into it.
+        res.set_content(hooks_.encode(encoder, frame, deadline), "application/x-jit-embedding-frame");
       }));
 }
 

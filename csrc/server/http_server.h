@@ -8,7 +8,8 @@
 //   GET  /health/ready         200 {"status":"ready"}; 503 JSON before set_ready(true) and while draining
 //   GET  /metrics              Prometheus text (version 0.0.4) of the registry given to the constructor
 //   GET  /v1/encoders          200 {"encoders": [...]} from ServerHooks::list_encoders
-//   POST /v1/encode/{encoder}  decodes the body as a frame (docs/wire-format.md); unknown encoder: 404
+//   POST /v1/encode/{encoder}  decodes the body as a frame (docs/wire-format.md), runs it through
+//                              ServerHooks::encode, answers the response frame; unknown encoder: 404
 //
 // Errors: every failure answers JSON {"error": "...", "code": "..."} with the status from
 // http_status() (server/errors.h), including the ones httplib produces itself (413 for a body over
@@ -64,6 +65,12 @@ struct ServerSettings {
 struct ServerHooks {
   std::function<bool(const std::string &)> has_encoder;
   std::function<std::vector<std::string>()> list_encoders;
+  // Runs a validated request frame for a known encoder and returns the response frame; throws
+  // ServerError (server/encode_handler.h implements it over the engine). Empty: 503, nothing can
+  // run encoders in this process.
+  std::function<std::string(const std::string &encoder, const codec::DecodedFrame &frame,
+                            std::optional<std::chrono::system_clock::time_point> deadline)>
+      encode;
 };
 
 class HttpServer {
