@@ -1,5 +1,6 @@
 #include "engine/engine.h"
 
+#include <algorithm>
 #include <cstring>
 #include <thread>
 
@@ -27,15 +28,22 @@ std::string shape_text(const Shape &s) {
   return out + "]";
 }
 
-// Checks inputs against the spec and returns the batching signature: dtypes and non-batch dims,
-// so that only requests whose inputs stack into one tensor share a batch.
-std::string check_inputs(const std::string &encoder, const EncoderSpec &spec, const std::vector<Tensor> &inputs,
+// Puts inputs in spec order (callers may send them in any order), checks them against the spec,
+// and returns the batching signature: dtypes and non-batch dims, so that only requests whose
+// inputs stack into one tensor share a batch.
+std::string check_inputs(const std::string &encoder, const EncoderSpec &spec, std::vector<Tensor> &inputs,
                          size_t &samples) {
   auto invalid = [&](const std::string &msg) {
     return EngineError(EngineError::Code::kInvalidInput, "encoder '" + encoder + "': " + msg);
   };
   if (inputs.size() != spec.inputs.size()) {
     throw invalid("expects " + std::to_string(spec.inputs.size()) + " inputs, got " + std::to_string(inputs.size()));
+  }
+  for (size_t i = 0; i < spec.inputs.size(); ++i) {
+    auto it =
+        std::find_if(inputs.begin() + i, inputs.end(), [&](const Tensor &t) { return t.name == spec.inputs[i].name; });
+    if (it == inputs.end()) throw invalid("missing input '" + spec.inputs[i].name + "'");
+    std::iter_swap(inputs.begin() + i, it);
   }
   std::string signature;
   for (size_t i = 0; i < inputs.size(); ++i) {

@@ -77,7 +77,7 @@ public:
   // Throws EngineError(kDraining) after drain().
   void load(const std::string &name, std::shared_ptr<executor::Executor> executor, EncoderConfig config);
 
-  // Queues one request. `inputs` follow the encoder's spec (names, dtypes, ranks, fixed dims);
+  // Queues one request. `inputs`, in any order, match the encoder's spec (names, dtypes, ranks, fixed dims);
   // all share dimension 0, the request's sample count. Their owners keep the bytes alive until
   // the batch has been stacked. Throws EngineError at once for an unknown encoder, invalid
   // input, a full queue or a draining engine; the future throws EngineError for a passed

@@ -34,19 +34,7 @@ std::string handle_encode(engine::Engine &engine, const std::string &encoder, co
 
   engine::Result result;
   try {
-    // Inputs arrive in frame order; the engine expects spec order, so sort them by the spec.
-    std::vector<Tensor> ordered;
-    for (const auto &info : engine.encoders()) {
-      if (info.name != encoder) continue;
-      for (const auto &spec : info.spec.inputs) {
-        for (auto &t : inputs) {
-          if (t.name == spec.name) ordered.push_back(t);
-        }
-      }
-      if (ordered.size() != inputs.size()) ordered = inputs; // the engine names what is wrong
-    }
-    if (ordered.empty()) ordered = inputs;
-    result = engine.submit(encoder, std::move(ordered), steady_deadline).get();
+    result = engine.submit(encoder, std::move(inputs), steady_deadline).get();
   } catch (const engine::EngineError &e) {
     throw from_engine_error(e);
   }
