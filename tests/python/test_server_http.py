@@ -176,3 +176,34 @@ def test_config_is_refused_with_exit_2(tmp_path):
         pytest.skip(f"{BINARY} is not built (run `make build`)")
     out = subprocess.run([str(BINARY), "--config", str(tmp_path / "x.yaml")], capture_output=True, text=True)
     assert out.returncode == 2 and "not supported yet" in out.stderr
+
+
+def test_512_concurrent_keep_alive_connections_are_all_served(tmp_path):
+    """Each keep-alive connection holds one server thread for its life (cpp-httplib 0.11.4), so the
+    default --threads 512 must serve 512 clients that all keep their connections open at once. A
+    server with too few threads leaves the extra connections waiting until an idle one times out
+    (keep_alive_timeout, 5 s), which the 3 s client timeout turns into a failure."""
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} is not built (run `make build`)")
+    proc, port = start_server(tmp_path, "--threads", "512")
+    conns = []
+    try:
+        for _ in range(512):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3.0)
+            conn.request("GET", "/health/live")
+            resp = conn.getresponse()
+            assert resp.status == 200
+            resp.read()
+            conns.append(conn)  # kept open: its server thread stays taken
+        # A second request on every held connection: each is still served, on the same connection.
+        for conn in conns:
+            conn.request("GET", "/health/ready")
+            resp = conn.getresponse()
+            assert resp.status in (200, 503)
+            resp.read()
+            assert resp.getheader("Connection", "").lower() != "close"
+    finally:
+        for conn in conns:
+            conn.close()
+        proc.kill()
+        proc.wait(timeout=TIMEOUT_S)
