@@ -11,6 +11,7 @@
 
 #include "codec/codec.h"
 #include "codec/codec_internal.h"
+#include "codec/msgpack_limits.h"
 #include "common/thread_pool.h"
 
 namespace jit::codec {
@@ -75,12 +76,8 @@ Header read_header(const uint8_t *buf, size_t len, const CodecLimits &lim) {
   return h;
 }
 
-// Each element costs the parser a fixed-size object allocated up front, so element counts are
-// also bounded by the bytes that could possibly encode them.
 msgpack::unpack_limit envelope_limit(const Header &h, const CodecLimits &lim) {
-  size_t n = h.envelope_nbytes;
-  return msgpack::unpack_limit(std::min<size_t>(n, lim.max_array_length), std::min<size_t>(n / 2, lim.max_array_length),
-                               n, n, n, lim.max_depth);
+  return bounded_unpack_limit(h.envelope_nbytes, lim);
 }
 
 msgpack::object_handle unpack_envelope(const uint8_t *buf, const Header &h, const CodecLimits &lim) {

@@ -10,6 +10,7 @@
 
 #include "codec/codec.h"
 #include "codec/codec_internal.h"
+#include "codec/msgpack_limits.h"
 #include "common/thread_pool.h"
 
 namespace jit::codec {
@@ -92,15 +93,10 @@ void validate_tensor(const TensorView &t) {
 }
 
 // Checks that meta is one msgpack value within the default decoder limits, so that we never
-// write a frame that our own decoder refuses. Element counts are bounded by the bytes that could
-// encode them: the parser allocates per element up front, so an unbounded 5-byte array header
-// would otherwise ask for 128 GiB.
+// write a frame that our own decoder refuses, and never let meta's headers drive allocation.
 void validate_meta(const std::string &meta) {
   if (meta.empty()) return;
-  const CodecLimits lim;
-  size_t n = meta.size();
-  msgpack::unpack_limit limit(std::min<size_t>(n, lim.max_array_length), std::min<size_t>(n / 2, lim.max_array_length),
-                              n, n, n, lim.max_depth);
+  msgpack::unpack_limit limit = bounded_unpack_limit(meta.size(), CodecLimits{});
   size_t off = 0;
   try {
     msgpack::object_handle oh = msgpack::unpack(meta.data(), meta.size(), off, nullptr, nullptr, limit);

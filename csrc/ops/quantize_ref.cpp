@@ -22,6 +22,13 @@ uint32_t bits_of(float x) {
   return b;
 }
 
+// Rounds a truncated code to nearest, ties to even: `dropped` holds the bits cut off and `half` is
+// the value of the highest of them. A carry out of the mantissa bumps the exponent field, as IEEE
+// rounding requires. Shared by every narrowing conversion below so they round identically.
+uint32_t round_half_even(uint32_t code, uint32_t dropped, uint32_t half) {
+  return dropped > half || (dropped == half && (code & 1)) ? code + 1 : code;
+}
+
 // |x| for finite x, 0 for NaN and +-Inf: the absmax ignores non-finite values so one bad element cannot zero out
 // the rest of its row (Inf would make the scale Inf and every finite code 0).
 float finite_abs(float x) {
@@ -73,9 +80,7 @@ uint8_t float_to_e4m3fn(float x) {
   const uint32_t b = bits_of(a);
   const uint32_t exponent = (b >> 23) - 127 + 7; // in [1, 15]
   const uint32_t mantissa = b & 0x7FFFFF;
-  uint32_t code = (exponent << 3) | (mantissa >> 20);
-  const uint32_t dropped = mantissa & 0xFFFFF, half = 0x80000;
-  if (dropped > half || (dropped == half && (code & 1))) ++code;
+  const uint32_t code = round_half_even((exponent << 3) | (mantissa >> 20), mantissa & 0xFFFFF, 0x80000);
   return sign | static_cast<uint8_t>(code);
 }
 
@@ -99,10 +104,7 @@ uint16_t float_to_bf16(float x) {
   // bf16 is the top half of an fp32 with the same exponent range, so rounding is purely on the low 16 bits; a
   // carry propagates into the exponent (and up to Inf) exactly as round-to-nearest-even requires.
   const uint32_t b = bits_of(x);
-  uint32_t upper = b >> 16;
-  const uint32_t lower = b & 0xFFFF;
-  if (lower > 0x8000 || (lower == 0x8000 && (upper & 1))) ++upper;
-  return static_cast<uint16_t>(upper);
+  return static_cast<uint16_t>(round_half_even(b >> 16, b & 0xFFFF, 0x8000));
 }
 
 float bf16_to_float(uint16_t bits) {
@@ -127,9 +129,7 @@ uint16_t float_to_fp16(float x) {
   const uint32_t b = bits_of(a);
   const uint32_t exponent = (b >> 23) - 127 + 15; // in [1, 30]
   const uint32_t mantissa = b & 0x7FFFFF;
-  uint32_t code = (exponent << 10) | (mantissa >> 13);
-  const uint32_t dropped = mantissa & 0x1FFF, half = 0x1000;
-  if (dropped > half || (dropped == half && (code & 1))) ++code;
+  const uint32_t code = round_half_even((exponent << 10) | (mantissa >> 13), mantissa & 0x1FFF, 0x1000);
   return sign | static_cast<uint16_t>(code);
 }
 
