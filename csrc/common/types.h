@@ -73,10 +73,17 @@ Tensor make_tensor(std::string name, DType dtype, Shape shape);
 
 // One input or output as an encoder declares it. A dimension of -1 is dynamic; dimension 0 is
 // the batch dimension and is always dynamic.
+//
+// Token inputs (ids, attention masks) name a sequence dimension: requests whose lengths fall in
+// the same length bucket share a batch, and shorter ones are padded with `pad_value` up to the
+// longest in the batch. Outputs with a sequence dimension (a last hidden state) are cut back to
+// each request's own length, so padding never reaches the caller.
 struct TensorSpec {
   std::string name;
   DType dtype = DType::kFloat32;
-  Shape shape; // e.g. [-1, 3, 256, 256] or [-1, -1] for token ids
+  Shape shape;           // e.g. [-1, 3, 256, 256] or [-1, -1] for token ids
+  int seq_dim = -1;      // the padded sequence dimension (>= 1), or -1 for none
+  int64_t pad_value = 0; // inputs only: what padding positions hold (pad token id; 0 in a mask)
 };
 
 struct EncoderSpec {
