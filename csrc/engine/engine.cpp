@@ -17,6 +17,7 @@ double micros(Clock::duration d) {
 struct Job {
   std::vector<Tensor> inputs;
   size_t samples = 0;
+  int64_t seq_len = -1; // the length of the token inputs' sequence dimension; -1 without one
   Clock::time_point enqueued;
   std::promise<Result> promise;
 };
@@ -31,8 +32,10 @@ std::string shape_text(const Shape &s) {
 // Puts inputs in spec order (callers may send them in any order), checks them against the spec,
 // and returns the batching signature: dtypes and non-batch dims, so that only requests whose
 // inputs stack into one tensor share a batch.
-std::string check_inputs(const std::string &encoder, const EncoderSpec &spec, std::vector<Tensor> &inputs,
-                         size_t &samples) {
+// Token inputs (seq_dim >= 1) group by length bucket instead of exact length, and must agree on
+// their length, which is returned in `seq_len`.
+std::string check_inputs(const std::string &encoder, const EncoderSpec &spec, const std::vector<int64_t> &buckets,
+                         std::vector<Tensor> &inputs, size_t &samples, int64_t &seq_len) {
   auto invalid = [&](const std::string &msg) {
     return EngineError(EngineError::Code::kInvalidInput, "encoder '" + encoder + "': " + msg);
   };
@@ -70,9 +73,81 @@ std::string check_inputs(const std::string &encoder, const EncoderSpec &spec, st
       throw invalid("inputs disagree on the batch size (" + std::to_string(samples) + " vs " +
                     std::to_string(t.shape[0]) + ")");
     }
-    signature += std::string(dtype_name(t.dtype)) + shape_text(Shape(t.shape.begin() + 1, t.shape.end())) + ";";
+    Shape key(t.shape.begin() + 1, t.shape.end());
+    if (s.seq_dim >= 1 && static_cast<size_t>(s.seq_dim) < t.shape.size()) {
+      const int64_t len = t.shape[s.seq_dim];
+      if (len < 1) throw invalid("input '" + s.name + "' needs a sequence length of at least 1");
+      if (seq_len >= 0 && len != seq_len) {
+        throw invalid("token inputs disagree on the sequence length (" + std::to_string(seq_len) + " vs " +
+                      std::to_string(len) + " in '" + s.name + "')");
+      }
+      seq_len = len;
+      auto b = std::lower_bound(buckets.begin(), buckets.end(), len);
+      // Beyond the last bucket a length is its own group: padding it further would only waste compute.
+      key[s.seq_dim - 1] = b == buckets.end() ? len : *b;
+    }
+    signature += std::string(dtype_name(t.dtype)) + shape_text(key) + ";";
   }
   return signature;
+}
+
+// Writes `count` elements of `value` converted to `dtype` (the pad value of a token input).
+void fill_value(DType dtype, void *dst, size_t count, int64_t value) {
+  auto fill = [&](auto v) {
+    auto *p = static_cast<decltype(v) *>(dst);
+    std::fill(p, p + count, v);
+  };
+  switch (dtype) {
+  case DType::kFloat32: return fill(static_cast<float>(value));
+  case DType::kInt8: return fill(static_cast<int8_t>(value));
+  case DType::kUInt8:
+  case DType::kBool: return fill(static_cast<uint8_t>(value));
+  case DType::kInt16: return fill(static_cast<int16_t>(value));
+  case DType::kInt32: return fill(static_cast<int32_t>(value));
+  case DType::kInt64: return fill(static_cast<int64_t>(value));
+  default:
+    if (value != 0)
+      throw ExecutorError("cannot pad a " + std::string(dtype_name(dtype)) + " input with a non-zero value");
+    std::memset(dst, 0, count * dtype_itemsize(dtype));
+  }
+}
+
+// Bytes of one sample of `shape` split around `dim`: outer rows before it, inner bytes after it.
+void split_at(const Shape &shape, int dim, size_t itemsize, size_t &outer, size_t &inner) {
+  outer = 1;
+  inner = itemsize;
+  for (int d = 1; d < dim; ++d)
+    outer *= static_cast<size_t>(shape[d]);
+  for (size_t d = dim + 1; d < shape.size(); ++d)
+    inner *= static_cast<size_t>(shape[d]);
+}
+
+// Copies `src` ([samples, ..., len at dim, ...]) into `dst` ([samples, ..., target at dim, ...]),
+// which already holds the pad value: each row keeps its tokens first, padding after.
+void copy_padded(const Tensor &src, int dim, int64_t target, uint8_t *dst) {
+  size_t outer, inner;
+  split_at(src.shape, dim, dtype_itemsize(src.dtype), outer, inner);
+  const size_t len = static_cast<size_t>(src.shape[dim]);
+  const auto *in = static_cast<const uint8_t *>(src.data);
+  const size_t rows = static_cast<size_t>(src.shape[0]) * outer;
+  for (size_t r = 0; r < rows; ++r)
+    std::memcpy(dst + r * target * inner, in + r * len * inner, len * inner);
+}
+
+// The inverse for an output: rows [row0, row0 + samples) of `out`, cut to `len` along `dim`.
+Tensor cut_rows(const Tensor &out, int dim, size_t row0, size_t samples, int64_t len) {
+  Shape shape = out.shape;
+  shape[0] = static_cast<int64_t>(samples);
+  shape[dim] = len;
+  Tensor t = make_tensor(out.name, out.dtype, shape);
+  size_t outer, inner;
+  split_at(out.shape, dim, dtype_itemsize(out.dtype), outer, inner);
+  const size_t full = static_cast<size_t>(out.shape[dim]);
+  const auto *in = static_cast<const uint8_t *>(out.data) + row0 * outer * full * inner;
+  auto *dst = static_cast<uint8_t *>(const_cast<void *>(t.data));
+  for (size_t r = 0; r < samples * outer; ++r)
+    std::memcpy(dst + r * len * inner, in + r * full * inner, len * inner);
+  return t;
 }
 
 } // namespace
@@ -115,7 +190,7 @@ public:
   std::future<Result> submit(std::vector<Tensor> inputs, Clock::time_point deadline) {
     auto job = std::make_shared<Job>();
     Pending p;
-    p.signature = check_inputs(name_, exec_->spec(), inputs, job->samples);
+    p.signature = check_inputs(name_, exec_->spec(), config_.length_buckets, inputs, job->samples, job->seq_len);
     p.samples = job->samples;
     p.deadline = deadline;
     job->inputs = std::move(inputs);
@@ -160,9 +235,11 @@ private:
     Clock::time_point start = Clock::now();
     std::vector<Job *> jobs;
     size_t total = 0;
+    int64_t seq_len = -1; // the batch pads its token inputs to the longest request's length
     for (auto &p : pending) {
       jobs.push_back(static_cast<Job *>(p.payload.get()));
       total += jobs.back()->samples;
+      seq_len = std::max(seq_len, jobs.back()->seq_len);
     }
     const EncoderSpec &spec = exec_->spec();
     try {
@@ -174,12 +251,22 @@ private:
           b.inputs.push_back(first); // a lone request needs no copy
           continue;
         }
+        const int dim = spec.inputs[i].seq_dim;
+        const bool padded = dim >= 1 && seq_len >= 0;
         Shape shape = first.shape;
         shape[0] = static_cast<int64_t>(total);
+        if (padded) shape[dim] = seq_len;
         Tensor stacked = make_tensor(first.name, first.dtype, shape);
         auto *dst = static_cast<uint8_t *>(const_cast<void *>(stacked.data));
+        const size_t numel = stacked.nbytes / dtype_itemsize(stacked.dtype);
+        if (padded && spec.inputs[i].pad_value != 0) fill_value(stacked.dtype, dst, numel, spec.inputs[i].pad_value);
         for (Job *j : jobs) {
           const Tensor &t = j->inputs[i];
+          if (padded && t.shape[dim] != seq_len) {
+            copy_padded(t, dim, seq_len, dst);
+            dst += t.nbytes / t.shape[dim] * seq_len;
+            continue;
+          }
           if (t.nbytes) std::memcpy(dst, t.data, t.nbytes);
           dst += t.nbytes;
         }
@@ -190,10 +277,16 @@ private:
         throw ExecutorError("returned " + std::to_string(out.outputs.size()) + " outputs, its spec has " +
                             std::to_string(spec.outputs.size()));
       }
-      for (const Tensor &o : out.outputs) {
+      for (size_t k = 0; k < out.outputs.size(); ++k) {
+        const Tensor &o = out.outputs[k];
         if (o.shape.empty() || o.shape[0] != static_cast<int64_t>(total)) {
           throw ExecutorError("output '" + o.name + "' has shape " + shape_text(o.shape) + ", expected [" +
                               std::to_string(total) + ", ...]");
+        }
+        const int dim = spec.outputs[k].seq_dim;
+        if (dim >= 1 && seq_len >= 0 && (static_cast<size_t>(dim) >= o.shape.size() || o.shape[dim] != seq_len)) {
+          throw ExecutorError("output '" + o.name + "' has shape " + shape_text(o.shape) + ", expected length " +
+                              std::to_string(seq_len) + " in dimension " + std::to_string(dim));
         }
       }
       double compute_us = micros(Clock::now() - start);
@@ -206,7 +299,14 @@ private:
         r.batch_samples = total;
         r.queue_us = micros(start - j->enqueued);
         r.compute_us = compute_us;
-        for (const Tensor &o : out.outputs) {
+        for (size_t k = 0; k < out.outputs.size(); ++k) {
+          const Tensor &o = out.outputs[k];
+          const int dim = spec.outputs[k].seq_dim;
+          if (dim >= 1 && j->seq_len >= 0 && j->seq_len != seq_len) {
+            // This request was padded: hand back only its own positions.
+            r.outputs.push_back(cut_rows(o, dim, row, j->samples, j->seq_len));
+            continue;
+          }
           size_t row_bytes = o.nbytes / total;
           Tensor slice = o;
           slice.shape[0] = static_cast<int64_t>(j->samples);

@@ -45,6 +45,9 @@ private:
 struct EncoderConfig {
   BatchingConfig batching;
   size_t instances = 1; // executor threads, each running whole batches
+  // token inputs: requests whose sequence lengths round up to the same bucket share a batch;
+  // empty = exact length. Sorted ascending; a length above the last bucket groups by itself.
+  std::vector<int64_t> length_buckets;
 };
 
 // One request's share of a batch.

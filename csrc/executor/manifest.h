@@ -15,15 +15,15 @@ namespace jit::executor {
 
 struct Manifest {
   int format_version = 1;
-  std::string name;          // the name it was exported under, e.g. "clip-text"
-  std::string family;        // "vae", "clip_text", "t5", "minilm", "module"
-  std::string format;        // "aoti" (.pt2 from AOTInductor) or "torchscript" (.pt)
-  std::string artifact;      // absolute path of the artifact file
-  EncoderSpec spec;          // inputs in the artifact's positional order, outputs in its return order
-  std::string version;       // "sha256:<hex>" over the weights and the code; part of every cache key
-  std::string torch_version; // the torch that exported it, e.g. "2.13.0+cpu"
-  std::string device;        // what it was built for: "cpu" or "cuda"
-  std::string dtype;         // the compute dtype: "float32" or "bfloat16"
+  std::string name;           // the name it was exported under, e.g. "clip-text"
+  std::string family;         // "vae", "clip_text", "t5", "minilm", "module"
+  std::string format;         // "aoti" (.pt2 from AOTInductor) or "torchscript" (.pt)
+  std::string artifact;       // absolute path of the artifact file
+  EncoderSpec spec;           // inputs in the artifact's positional order, outputs in its return order
+  std::string version;        // "sha256:<hex>" over the weights and the code; part of every cache key
+  std::string torch_version;  // the torch that exported it, e.g. "2.13.0+cpu"
+  std::string device;         // what it was built for: "cpu" or "cuda"
+  std::string dtype;          // the compute dtype: "float32" or "bfloat16"
   int64_t max_batch_size = 0; // the upper bound of the exported batch dimension; 0 when unbounded
 };
 

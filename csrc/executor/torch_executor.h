@@ -27,8 +27,4 @@ struct TorchExecutorOptions {
 // AOTInductor package was compiled for, no CUDA device is present, or the budget is exceeded.
 std::shared_ptr<Executor> load_torch_executor(const Manifest &manifest, const TorchExecutorOptions &options);
 
-// True when this build links LibTorch (always for the server binary and _C; a torch-free test
-// build reports false).
-bool torch_available();
-
 } // namespace jit::executor

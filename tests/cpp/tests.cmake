@@ -41,6 +41,7 @@ endif()
 
 if(JIT_BUILD_TESTS)
   add_executable(test_engine tests/cpp/engine/test_batcher.cpp tests/cpp/engine/test_engine.cpp
+    tests/cpp/engine/test_length_buckets.cpp
     tests/cpp/common/test_metrics.cpp)
   target_link_libraries(test_engine PRIVATE jit_engine GTest::gtest_main)
   gtest_discover_tests(test_engine DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 60)
@@ -71,4 +72,12 @@ if(JIT_BUILD_TESTS)
   # httplib's client drives the server over loopback; its flags must match the library's (see CMakeLists.txt).
   target_link_libraries(test_server PRIVATE jit_server PkgConfig::HTTPLIB GTest::gtest_main)
   gtest_discover_tests(test_server DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 60)
+endif()
+
+# The executor layer: manifest.json parsing (torch-free). The LibTorch executors are tested end to
+# end against PyTorch by tests/python/test_serve_encoders.py.
+if(JIT_BUILD_TESTS)
+  add_executable(test_executor tests/cpp/executor/test_manifest.cpp)
+  target_link_libraries(test_executor PRIVATE jit_executor GTest::gtest_main)
+  gtest_discover_tests(test_executor DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 60)
 endif()
