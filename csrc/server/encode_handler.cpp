@@ -1,8 +1,53 @@
+// POST /v1/encode over the engine: frame -> engine request -> response frame with timings.
 #include "server/encode_handler.h"
 
 #include <msgpack.hpp>
 
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#include <cstdint>
+#include <cstring>
+
 namespace jit::server {
+
+namespace {
+
+// Fixed header fields the timing patch touches: docs/wire-format.md, "Fixed header".
+constexpr size_t kHeaderBytes = 32;
+constexpr size_t kOffEnvelopeBytes = 8;
+constexpr size_t kChecksummedHeaderBytes = 24;
+constexpr size_t kOffHeaderChecksum = 24;
+// serialize_us before it is known: msgpack float64 0xcb, then -1.0 big-endian.
+constexpr uint8_t kPlaceholder[9] = {0xcb, 0xbf, 0xf0, 0, 0, 0, 0, 0, 0};
+
+// Writes `us` over the placeholder that ends the envelope and re-seals the header checksum.
+// serialize_us times the whole frame, so it can only be known once the frame is written; the
+// meta is the envelope's last value and the placeholder is the meta's last, always 9 bytes, so
+// the frame's layout does not change. If the bytes are not where expected (a codec that orders
+// its envelope differently), the frame is left as written, saying -1.
+void patch_serialize_us(std::string &frame, double us) {
+  if (frame.size() < kHeaderBytes) return;
+  auto *p = reinterpret_cast<uint8_t *>(frame.data());
+  uint32_t envelope_bytes;
+  std::memcpy(&envelope_bytes, p + kOffEnvelopeBytes, 4); // little-endian on every supported host
+  const size_t end = kHeaderBytes + envelope_bytes;
+  if (envelope_bytes < sizeof kPlaceholder || end > frame.size()) return;
+  uint8_t *slot = p + end - sizeof kPlaceholder;
+  if (std::memcmp(slot, kPlaceholder, sizeof kPlaceholder) != 0) return;
+  uint64_t bits;
+  std::memcpy(&bits, &us, 8);
+  for (int i = 0; i < 8; ++i)
+    slot[1 + i] = static_cast<uint8_t>(bits >> (56 - 8 * i)); // msgpack numbers are big-endian
+  XXH3_state_t state;
+  XXH3_64bits_reset(&state);
+  XXH3_64bits_update(&state, p, kChecksummedHeaderBytes);
+  XXH3_64bits_update(&state, p + kHeaderBytes, envelope_bytes);
+  const uint64_t sum = XXH3_64bits_digest(&state);
+  std::memcpy(p + kOffHeaderChecksum, &sum, 8);
+}
+
+} // namespace
 
 ServerError from_engine_error(const engine::EngineError &e) {
   using C = engine::EngineError::Code;
@@ -21,7 +66,7 @@ ServerError from_engine_error(const engine::EngineError &e) {
 
 std::string handle_encode(engine::Engine &engine, const std::string &encoder, const codec::DecodedFrame &frame,
                           std::optional<std::chrono::system_clock::time_point> deadline,
-                          const codec::EncodeOptions &response_options) {
+                          const codec::EncodeOptions &response_options, metrics::Registry *metrics) {
   std::vector<Tensor> inputs;
   inputs.reserve(frame.tensors.size());
   for (const auto &t : frame.tensors) {
@@ -32,13 +77,29 @@ std::string handle_encode(engine::Engine &engine, const std::string &encoder, co
   engine::Clock::time_point steady_deadline = engine::Clock::time_point::max();
   if (deadline) steady_deadline = engine::Clock::now() + (*deadline - std::chrono::system_clock::now());
 
+  std::future<engine::Result> pending;
+  try {
+    pending = engine.submit(encoder, std::move(inputs), steady_deadline);
+  } catch (const engine::EngineError &e) {
+    ServerError err = from_engine_error(e);
+    // Refused at admission, so the engine counted nothing. Unknown names are not counted per
+    // encoder: a client could otherwise mint one series per name it makes up.
+    if (metrics != nullptr && err.code() != ServerError::Code::kNotFound) {
+      metrics
+          ->counter("jit_requests_total", "Requests by encoder and outcome.",
+                    {{"encoder", encoder}, {"outcome", code_name(err.code())}})
+          .inc();
+    }
+    throw err;
+  }
   engine::Result result;
   try {
-    result = engine.submit(encoder, std::move(inputs), steady_deadline).get();
+    result = pending.get();
   } catch (const engine::EngineError &e) {
     throw from_engine_error(e);
   }
 
+  const auto t0 = std::chrono::steady_clock::now();
   msgpack::sbuffer sb;
   msgpack::packer<msgpack::sbuffer> pk(sb);
   pk.pack_map(3);
@@ -47,19 +108,31 @@ std::string handle_encode(engine::Engine &engine, const std::string &encoder, co
   pk.pack(std::string_view("version"));
   pk.pack(std::string_view(result.version));
   pk.pack(std::string_view("timings"));
-  pk.pack_map(3);
+  pk.pack_map(4);
   pk.pack(std::string_view("queue_us"));
   pk.pack_double(result.queue_us);
   pk.pack(std::string_view("compute_us"));
   pk.pack_double(result.compute_us);
   pk.pack(std::string_view("batch_samples"));
   pk.pack_uint64(result.batch_samples);
+  pk.pack(std::string_view("serialize_us"));
+  sb.write(reinterpret_cast<const char *>(kPlaceholder), sizeof kPlaceholder); // must stay last: see the patch
 
   std::vector<TensorView> views;
   views.reserve(result.outputs.size());
   for (const auto &o : result.outputs)
     views.push_back(o.view());
-  return codec::encode(views, std::string(sb.data(), sb.size()), response_options);
+  std::string out = codec::encode(views, std::string(sb.data(), sb.size()), response_options);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  patch_serialize_us(out, seconds * 1e6);
+  if (metrics != nullptr) {
+    static const std::vector<double> kBounds = metrics::exponential_buckets(1e-6, 2, 24);
+    metrics
+        ->histogram("jit_serialize_seconds", "Time to build a response frame (meta, compression, copy).", kBounds,
+                    {{"encoder", encoder}})
+        .observe(seconds);
+  }
+  return out;
 }
 
 } // namespace jit::server

@@ -4,9 +4,10 @@
 // with http_status() and a body with error_json(). Keeping the mapping in one function means a
 // code can never answer two different statuses from two different handlers. Errors from lower
 // layers (the codec today, the engine later) are converted into a ServerError once, at the edge,
-// by functions declared here.
+// by functions declared here (the engine's in server/encode_handler.h).
 #pragma once
 
+#include <cstddef>
 #include <stdexcept>
 #include <string>
 
@@ -23,6 +24,7 @@ public:
     kUnprocessable,    // 422: a well-formed frame the encoder cannot take (wrong inputs, shapes)
     kPayloadTooLarge,  // 413: the body or a frame size is over a limit
     kNotFound,         // 404: unknown route or encoder
+    kForbidden,        // 403: the request names something it may not (an artifact outside artifact_root)
     kOverloaded,       // 429: a bounded queue is full; retry later
     kNotReady,         // 503: not ready yet, or draining
     kDeadlineExceeded, // 504: X-Deadline-Ms has passed
@@ -37,7 +39,10 @@ private:
   Code code_;
 };
 
-// The HTTP status for e's code: 400, 422, 413, 404, 429, 503, 504 or 500.
+// How many codes there are: the size of tables indexed by Code.
+inline constexpr size_t kServerErrorCodes = 9;
+
+// The HTTP status for e's code: 400, 422, 413, 404, 403, 429, 503, 504 or 500.
 int http_status(const ServerError &e);
 
 // The stable snake_case name of a code ("bad_request", "payload_too_large", ...), as sent in the

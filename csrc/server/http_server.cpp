@@ -5,8 +5,12 @@
 
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstdlib>
+#include <cstring>
+#include <new>
 #include <stdexcept>
 #include <utility>
 
@@ -21,12 +25,20 @@ using Code = ServerError::Code;
 constexpr const char *kJson = "application/json";
 constexpr const char *kPrometheus = "text/plain; version=0.0.4";
 constexpr const char *kEncodePrefix = "/v1/encode/";
+constexpr const char *kEncodersPrefix = "/v1/encoders/";
+constexpr const char *kFrameType = "application/x-jit-embedding-frame";
+// A load request is a small JSON object; anything near this size is a mistake or an attack.
+constexpr size_t kMaxLoadBodyBytes = size_t{1} << 20;
+constexpr size_t kBodyAlign = 64; // the codec's payload alignment, so aliased tensors stay aligned
 
 // The `path` label of jit_http_requests_total: the route template, never the raw path, so that a
 // client probing random URLs or encoder names cannot grow the number of series without bound.
 std::string route_label(const std::string &path) {
   if (path == "/health/live" || path == "/health/ready" || path == "/metrics" || path == "/v1/encoders") return path;
   if (path.rfind(kEncodePrefix, 0) == 0) return "/v1/encode/{encoder}";
+  if (path.rfind(kEncodersPrefix, 0) == 0 && path.size() > 5 && path.compare(path.size() - 5, 5, "/load") == 0) {
+    return "/v1/encoders/{name}/load";
+  }
   return "other";
 }
 
@@ -47,6 +59,111 @@ std::string httplib_error_message(int status, const httplib::Request &req, size_
   case 414: return "bad request: the request URI is too long";
   default: return "bad request: malformed HTTP request (status " + std::to_string(status) + " from the HTTP layer)";
   }
+}
+
+// A growable, 64-byte-aligned byte buffer: one per handler thread, reused across requests, so a
+// large body costs one copy from the socket and no reallocation once its Content-Length is known.
+class BodyBuffer {
+public:
+  const uint8_t *data() const { return data_.get(); }
+  size_t size() const { return size_; }
+  size_t capacity() const { return capacity_; }
+  void clear() { size_ = 0; }
+
+  // Makes room for `n` bytes in all, keeping the contents. Throws std::bad_alloc.
+  void reserve(size_t n) {
+    if (n <= capacity_) return;
+    const size_t cap = (n + kBodyAlign - 1) / kBodyAlign * kBodyAlign;
+    Bytes fresh(static_cast<uint8_t *>(std::aligned_alloc(kBodyAlign, cap)));
+    if (!fresh) throw std::bad_alloc();
+    if (size_ > 0) std::memcpy(fresh.get(), data_.get(), size_);
+    data_ = std::move(fresh);
+    capacity_ = cap;
+  }
+
+  // Appends n bytes, doubling the capacity when it runs out (bodies without a Content-Length).
+  void append(const char *p, size_t n) {
+    if (size_ + n > capacity_) reserve(std::max(size_ + n, std::max<size_t>(capacity_ * 2, 64 << 10)));
+    std::memcpy(data_.get() + size_, p, n);
+    size_ += n;
+  }
+
+  // Frees the memory if it is larger than `keep` bytes.
+  void trim(size_t keep) {
+    size_ = 0;
+    if (capacity_ > keep) {
+      data_.reset();
+      capacity_ = 0;
+    }
+  }
+
+private:
+  struct Free {
+    void operator()(uint8_t *p) const { std::free(p); }
+  };
+  using Bytes = std::unique_ptr<uint8_t[], Free>;
+  Bytes data_;
+  size_t size_ = 0;
+  size_t capacity_ = 0;
+};
+
+BodyBuffer &thread_body_buffer() {
+  // httplib's pool threads live as long as the server, so the buffer is reused across requests.
+  thread_local BodyBuffer buffer;
+  return buffer;
+}
+
+// Reads the whole request body through httplib's content reader: into `buf` when given,
+// otherwise discarding it (a request refused before its body matters must still consume it, or
+// the next request on the keep-alive connection would start inside it). Throws ServerError:
+// 413 over max_body_bytes, 400 when the body cannot be read. When a failure leaves unread bytes
+// on the connection, the response asks the client to close it.
+void read_body(const httplib::Request &req, httplib::Response &res, const httplib::ContentReader &reader,
+               size_t max_body_bytes, BodyBuffer *buf) {
+  // httplib would feed a multipart body to a multipart receiver we do not have (a 500); the
+  // frame is the body itself, so refuse it as the client's mistake.
+  if (req.get_header_value("Content-Type").rfind("multipart/form-data", 0) == 0) {
+    res.set_header("Connection", "close"); // its body is left unread
+    throw ServerError(Code::kBadRequest, "bad request: multipart/form-data bodies are not accepted; send the "
+                                         "frame (or JSON) as the raw request body");
+  }
+  size_t received = 0;
+  bool over = false;
+  bool read_ok = false;
+  try {
+    if (buf != nullptr) {
+      buf->clear();
+      const std::string length = req.get_header_value("Content-Length");
+      char *end = nullptr;
+      const unsigned long long declared = std::strtoull(length.c_str(), &end, 10);
+      // Over the limit, httplib refuses the body itself (below): reserving it would be wasted.
+      if (!length.empty() && *end == '\0' && declared <= max_body_bytes) buf->reserve(declared);
+    }
+    read_ok = reader([&](const char *data, size_t n) {
+      // httplib checks a declared Content-Length; this bounds chunked and decompressed bodies too.
+      if (n > max_body_bytes - received) {
+        over = true;
+        return false;
+      }
+      received += n;
+      if (buf != nullptr) buf->append(data, n);
+      return true;
+    });
+  } catch (...) {
+    // Out of memory, most likely: the rest of the body is still on the connection.
+    res.set_header("Connection", "close");
+    throw;
+  }
+  if (read_ok) return;
+  // httplib skips (reads) a body whose Content-Length is over the limit and marks it 413; every
+  // other failure leaves bytes unread.
+  if (!over && res.status == 413) {
+    throw ServerError(Code::kPayloadTooLarge, httplib_error_message(413, req, max_body_bytes));
+  }
+  res.set_header("Connection", "close");
+  if (over) throw ServerError(Code::kPayloadTooLarge, httplib_error_message(413, req, max_body_bytes));
+  throw ServerError(Code::kBadRequest, "bad request: the request body could not be read (a timeout, a "
+                                       "disconnect, or malformed chunked encoding)");
 }
 
 } // namespace
@@ -92,8 +209,8 @@ HttpServer::HttpServer(ServerSettings settings, metrics::Registry &registry, Ser
 
   // Register every failure reason up front so each series exists (at 0) from the first scrape:
   // rate() over a series that appears only on the first failure misses that failure.
-  for (Code c : {Code::kBadRequest, Code::kUnprocessable, Code::kPayloadTooLarge, Code::kNotFound, Code::kOverloaded,
-                 Code::kNotReady, Code::kDeadlineExceeded, Code::kInternal}) {
+  for (Code c : {Code::kBadRequest, Code::kUnprocessable, Code::kPayloadTooLarge, Code::kNotFound, Code::kForbidden,
+                 Code::kOverloaded, Code::kNotReady, Code::kDeadlineExceeded, Code::kInternal}) {
     failures_.at(static_cast<size_t>(c)) = &registry_.counter(
         "jit_http_failures_total", "HTTP requests that failed, by reason", {{"reason", code_name(c)}});
   }
@@ -120,17 +237,22 @@ void HttpServer::install_routes() {
 
   // Every handler runs inside this, so that a throw anywhere becomes a JSON error rather than
   // httplib's bare 500 (and a ServerError keeps its own status).
-  auto guarded = [send_error](std::function<void(const httplib::Request &, httplib::Response &)> fn) {
-    return [fn = std::move(fn), send_error](const httplib::Request &req, httplib::Response &res) {
-      try {
-        fn(req, res);
-      } catch (const ServerError &e) {
-        send_error(res, e);
-      } catch (const std::exception &e) {
-        send_error(res, ServerError(Code::kInternal, std::string("internal error: ") + e.what()));
-      } catch (...) {
-        send_error(res, ServerError(Code::kInternal, "internal error: unknown exception"));
-      }
+  auto run_guarded = [send_error](httplib::Response &res, const std::function<void()> &fn) {
+    try {
+      fn();
+    } catch (const ServerError &e) {
+      send_error(res, e);
+    } catch (const std::bad_alloc &) {
+      send_error(res, ServerError(Code::kInternal, "internal error: out of memory"));
+    } catch (const std::exception &e) {
+      send_error(res, ServerError(Code::kInternal, std::string("internal error: ") + e.what()));
+    } catch (...) {
+      send_error(res, ServerError(Code::kInternal, "internal error: unknown exception"));
+    }
+  };
+  auto guarded = [run_guarded](std::function<void(const httplib::Request &, httplib::Response &)> fn) {
+    return [fn = std::move(fn), run_guarded](const httplib::Request &req, httplib::Response &res) {
+      run_guarded(res, [&] { fn(req, res); });
     };
   };
 
@@ -170,60 +292,90 @@ void HttpServer::install_routes() {
              }));
 
   http_->Get("/v1/encoders", guarded([this](const httplib::Request &, httplib::Response &res) {
-               std::string body = "{\"encoders\": [";
-               if (hooks_.list_encoders) {
-                 bool first = true;
-                 for (const std::string &name : hooks_.list_encoders()) {
-                   body += (first ? "" : ", ") + json_quote(name);
-                   first = false;
-                 }
-               }
-               body += "]}";
-               res.set_content(body, kJson);
+               const std::string list = hooks_.encoders_json ? hooks_.encoders_json() : "[]";
+               res.set_content("{\"encoders\": " + list + "}", kJson);
              }));
 
-  http_->Post(
-      R"(/v1/encode/([^/]+))", guarded([this, &in_flight_gauge](const httplib::Request &req, httplib::Response &res) {
-        // Counted in before anything else, so begin_drain() waits for this request.
-        if (!enter()) throw ServerError(Code::kNotReady, "not ready: draining, not accepting new requests");
-        in_flight_gauge.add(1);
-        struct Leave {
-          HttpServer *self;
-          metrics::Gauge &gauge;
-          ~Leave() {
-            gauge.add(-1);
-            self->leave();
-          }
-        } leave_on_exit{this, in_flight_gauge};
+  // POSTs are counted in before anything else, so that begin_drain() waits for them.
+  struct InFlight {
+    HttpServer *self;
+    metrics::Gauge &gauge;
+    bool entered;
+    InFlight(HttpServer *s, metrics::Gauge &g) : self(s), gauge(g), entered(s->enter()) {
+      if (entered) gauge.add(1);
+    }
+    ~InFlight() {
+      if (!entered) return;
+      gauge.add(-1);
+      self->leave();
+    }
+  };
 
-        const auto deadline = parse_deadline_ms(req.get_header_value("X-Deadline-Ms"));
-        const auto now = std::chrono::system_clock::now();
-        if (deadline && *deadline <= now) {
-          const auto late = std::chrono::duration_cast<std::chrono::milliseconds>(now - *deadline).count();
-          throw ServerError(Code::kDeadlineExceeded,
-                            "deadline exceeded: X-Deadline-Ms passed " + std::to_string(late) + " ms ago");
-        }
+  // Encode: the body goes from the socket into this thread's aligned buffer and is decoded in place.
+  http_->Post(R"(/v1/encode/([^/]+))", [this, run_guarded, &in_flight_gauge](const httplib::Request &req,
+                                                                             httplib::Response &res,
+                                                                             const httplib::ContentReader &reader) {
+    run_guarded(res, [&] {
+      InFlight in_flight(this, in_flight_gauge);
+      if (!in_flight.entered) {
+        read_body(req, res, reader, settings_.max_body_bytes, nullptr);
+        throw ServerError(Code::kNotReady, "not ready: draining, not accepting new requests");
+      }
+      BodyBuffer &body = thread_body_buffer();
+      struct Trim {
+        BodyBuffer &body;
+        size_t keep;
+        ~Trim() { body.trim(keep); }
+      } trim_on_exit{body, settings_.retain_body_bytes};
+      read_body(req, res, reader, settings_.max_body_bytes, &body);
 
-        const std::string encoder = req.matches[1].str();
-        codec::DecodeOptions options;
-        options.limits = settings_.codec_limits;
-        codec::DecodedFrame frame;
-        try {
-          // Validated before the encoder lookup: a malformed frame is the client's first
-          // problem whatever it was sent to.
-          frame = codec::decode(reinterpret_cast<const uint8_t *>(req.body.data()), req.body.size(), options);
-        } catch (const codec::CodecError &e) {
-          throw from_codec_error(e);
-        }
-        if (!hooks_.has_encoder || !hooks_.has_encoder(encoder)) {
-          throw ServerError(Code::kNotFound, "unknown encoder '" + encoder + "'");
-        }
-        if (!hooks_.encode) {
-          throw ServerError(Code::kNotReady, "not ready: encoder '" + encoder + "' has no executor in this build");
-        }
-        // req.body outlives this call, and the frame's tensors point into it.
-        res.set_content(hooks_.encode(encoder, frame, deadline), "application/x-jit-embedding-frame");
-      }));
+      const auto deadline = parse_deadline_ms(req.get_header_value("X-Deadline-Ms"));
+      const auto now = std::chrono::system_clock::now();
+      if (deadline && *deadline <= now) {
+        const auto late = std::chrono::duration_cast<std::chrono::milliseconds>(now - *deadline).count();
+        throw ServerError(Code::kDeadlineExceeded,
+                          "deadline exceeded: X-Deadline-Ms passed " + std::to_string(late) + " ms ago");
+      }
+
+      const std::string encoder = req.matches[1].str();
+      codec::DecodeOptions options;
+      options.limits = settings_.codec_limits;
+      codec::DecodedFrame frame;
+      try {
+        // Validated before the encoder lookup: a malformed frame is the client's first problem
+        // whatever it was sent to.
+        frame = codec::decode(body.data(), body.size(), options);
+      } catch (const codec::CodecError &e) {
+        throw from_codec_error(e);
+      }
+      if (!hooks_.has_encoder || !hooks_.has_encoder(encoder)) {
+        throw ServerError(Code::kNotFound, "unknown encoder '" + encoder + "'");
+      }
+      if (!hooks_.encode) {
+        throw ServerError(Code::kNotReady, "not ready: encoder '" + encoder + "' has no executor in this build");
+      }
+      // The frame's tensors point into `body`, which is trimmed only after this returns. Moved
+      // into the response, not copied: set_content() would copy a possibly large frame.
+      res.body = hooks_.encode(encoder, frame, deadline);
+      res.set_header("Content-Type", kFrameType);
+    });
+  });
+
+  // Load: a small JSON body, read with a cap of its own rather than max_body_bytes.
+  http_->Post(R"(/v1/encoders/([^/]+)/load)", [this, run_guarded,
+                                               &in_flight_gauge](const httplib::Request &req, httplib::Response &res,
+                                                                 const httplib::ContentReader &reader) {
+    run_guarded(res, [&] {
+      InFlight in_flight(this, in_flight_gauge);
+      BodyBuffer body;
+      read_body(req, res, reader, kMaxLoadBodyBytes, in_flight.entered ? &body : nullptr);
+      if (!in_flight.entered) throw ServerError(Code::kNotReady, "not ready: draining, not loading encoders");
+      if (!hooks_.load_encoder) throw ServerError(Code::kNotFound, "not found: this server does not load encoders");
+      const std::string text =
+          body.size() == 0 ? std::string() : std::string(reinterpret_cast<const char *>(body.data()), body.size());
+      res.set_content(hooks_.load_encoder(req.matches[1].str(), text), kJson);
+    });
+  });
 }
 
 int HttpServer::start() {

@@ -7,9 +7,16 @@
 //   GET  /health/live          200 {"status":"live"} while the process serves at all
 //   GET  /health/ready         200 {"status":"ready"}; 503 JSON before set_ready(true) and while draining
 //   GET  /metrics              Prometheus text (version 0.0.4) of the registry given to the constructor
-//   GET  /v1/encoders          200 {"encoders": [...]} from ServerHooks::list_encoders
+//   GET  /v1/encoders          200 {"encoders": <ServerHooks::encoders_json()>}
 //   POST /v1/encode/{encoder}  decodes the body as a frame (docs/wire-format.md), runs it through
 //                              ServerHooks::encode, answers the response frame; unknown encoder: 404
+//   POST /v1/encoders/{name}/load
+//                              JSON body handed to ServerHooks::load_encoder; answers its JSON
+//
+// Request bodies of POST /v1/encode are read straight from the socket into a per-thread,
+// 64-byte-aligned buffer that is reused across requests (reserved from Content-Length, grown for
+// chunked bodies, freed after a request only when it grew past retain_body_bytes), and the frame
+// is decoded in place: uncompressed tensors reach the engine without a copy of the body.
 //
 // Errors: every failure answers JSON {"error": "...", "code": "..."} with the status from
 // http_status() (server/errors.h), including the ones httplib produces itself (413 for a body over
@@ -37,6 +44,7 @@
 
 #include "codec/codec.h"
 #include "common/metrics.h"
+#include "server/errors.h"
 
 namespace httplib {
 class Server;
@@ -50,7 +58,10 @@ struct ServerSettings {
   // Worker threads; httplib serves one connection per thread for its whole keep-alive life, so
   // this is how many keep-alive connections are served at once (more wait in the accept queue).
   size_t threads = 512;
-  size_t max_body_bytes = size_t{1} << 30;      // larger bodies answer 413 before they are buffered
+  size_t max_body_bytes = size_t{1} << 30; // larger bodies answer 413 before they are buffered
+  // A thread's body buffer above this size is freed after its request rather than kept for the
+  // next one: threads x this bounds the memory idle buffers hold.
+  size_t retain_body_bytes = size_t{64} << 20;
   size_t keep_alive_max_count = 10000;          // requests per connection before the server closes it
   std::chrono::seconds keep_alive_timeout{5};   // idle keep-alive connections close after this
   std::chrono::seconds read_timeout{30};        // per socket read, not per request
@@ -60,17 +71,22 @@ struct ServerSettings {
   codec::CodecLimits codec_limits;              // applied to every request frame
 };
 
-// What the HTTP layer asks of the rest of the server. Both are called from handler threads, at
-// the same time, so they must be thread-safe. An empty function means "no encoders".
+// What the HTTP layer asks of the rest of the server (server/app.h provides all of them). Each is
+// called from handler threads, at the same time, so must be thread-safe. An empty function means
+// "not available": no encoders, no encoder list, no loading.
 struct ServerHooks {
   std::function<bool(const std::string &)> has_encoder;
-  std::function<std::vector<std::string>()> list_encoders;
+  // The JSON array for GET /v1/encoders ("[...]"). Empty function: [].
+  std::function<std::string()> encoders_json;
   // Runs a validated request frame for a known encoder and returns the response frame; throws
   // ServerError (server/encode_handler.h implements it over the engine). Empty: 503, nothing can
-  // run encoders in this process.
+  // run encoders in this process. `frame` points into a buffer that lives until this returns.
   std::function<std::string(const std::string &encoder, const codec::DecodedFrame &frame,
                             std::optional<std::chrono::system_clock::time_point> deadline)>
       encode;
+  // POST /v1/encoders/{name}/load: given the name from the URL and the request body, loads or
+  // replaces that encoder and returns the JSON answer; throws ServerError. Empty: 404.
+  std::function<std::string(const std::string &name, const std::string &body)> load_encoder;
 };
 
 class HttpServer {
@@ -118,7 +134,7 @@ private:
   ServerHooks hooks_;
   // jit_http_failures_total per reason, indexed by Code: looked up once, so counting a failure
   // takes no registry lock.
-  std::array<metrics::Counter *, 8> failures_{};
+  std::array<metrics::Counter *, kServerErrorCodes> failures_{};
   std::unique_ptr<httplib::Server> http_;
   std::thread listener_;
   int port_ = 0;

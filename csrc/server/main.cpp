@@ -1,21 +1,32 @@
 // jit-embedding-server: the standalone C++ embedding server (no Python).
 //
-// Parses the command line, starts the HTTP front end (server/http_server.h) and serves until
-// SIGTERM or SIGINT, which start a graceful drain; the process then exits 0. Encoders come from
-// --config, which is not supported yet: without it the server starts with no encoders, so every
-// POST /v1/encode answers 404 after validating its frame.
+// Parses the command line and the --config file (server/config.h), builds the App (server/app.h)
+// with a LibTorch executor factory, loads every configured encoder, and serves until SIGTERM or
+// SIGINT, which start a graceful drain; the process then exits 0. Flags given on the command line
+// override the config's `server:` keys. Without --config the server starts with no encoders, and
+// POST /v1/encoders/{name}/load can add them only from inside --artifact-root.
+//
+// Exit codes: 0 after a drain, 2 for a bad command line, config or encoder load, 1 for anything
+// else (the address cannot be bound, say).
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <unistd.h>
 
-#include "common/metrics.h"
-#include "server/http_server.h"
+#include <memory>
+#include <optional>
+
+#include "executor/manifest.h"
+#include "executor/torch_executor.h"
+#include "server/app.h"
+#include "server/config.h"
+#include "server/errors.h"
 
 namespace {
 
@@ -27,13 +38,16 @@ void print_help(const char *argv0) {
               "\n"
               "Serves frozen encoders over HTTP with dynamic batching. Frames use the wire format in\n"
               "docs/wire-format.md. SIGTERM or SIGINT drains in-flight requests, then exits 0.\n"
+              "Flags override the --config file's server settings.\n"
               "\n"
               "options:\n"
-              "  --config PATH          server configuration (YAML); not supported yet\n"
+              "  --config PATH          server configuration (YAML: server settings and encoders)\n"
               "  --host HOST            address to listen on (default %s)\n"
               "  --port PORT            port to listen on; 0 picks a free one (default %d)\n"
               "  --threads N            worker threads = keep-alive connections served at once (default %zu)\n"
               "  --max-body-bytes N     larger request bodies answer 413 (default %zu)\n"
+              "  --artifact-root PATH   the folder POST /v1/encoders/{name}/load may load artifacts from\n"
+              "                         (default: the config file's folder; without --config, loading is off)\n"
               "  --port-file PATH       write the bound port (decimal, newline) to PATH once listening\n"
               "  --help                 show this message and exit\n"
               "  --version              print the version and exit\n",
@@ -93,11 +107,45 @@ bool write_port_file(const std::string &path, int port) {
   return std::rename(tmp.c_str(), path.c_str()) == 0;
 }
 
+// The C++ binary's executor factory: a LibTorch executor over the entry's exported artifact.
+std::shared_ptr<jit::executor::Executor> make_torch_executor(const jit::server::EncoderEntry &entry) {
+  using jit::server::ServerError;
+  if (!entry.factory.empty()) {
+    throw ServerError(ServerError::Code::kUnprocessable,
+                      "factory '" + entry.factory +
+                          "' is a Python factory: Python factories need `jit-embedding serve`; "
+                          "jit-embedding-server loads exported artifacts (artifact: <folder>) only");
+  }
+#ifdef JIT_WITH_TORCH_EXECUTOR
+  const jit::executor::Manifest manifest = jit::executor::load_manifest(entry.artifact);
+  jit::server::check_manifest(entry, manifest);
+  jit::executor::TorchExecutorOptions options;
+  options.device = entry.device;
+  options.num_runners = entry.engine.instances;
+  options.intra_op_threads = entry.intra_op_threads;
+  options.memory_budget_bytes = entry.memory_budget_bytes;
+  return jit::executor::load_torch_executor(manifest, options);
+#else
+  throw ServerError(ServerError::Code::kUnprocessable,
+                    "this jit-embedding-server was built without LibTorch, so it cannot load " + entry.artifact +
+                        " (rebuild with torch installed, or serve it with `jit-embedding serve`)");
+#endif
+}
+
+// Flags as given; each one set overrides the config's value.
+struct Overrides {
+  std::optional<std::string> host;
+  std::optional<int> port;
+  std::optional<size_t> threads;
+  std::optional<size_t> max_body_bytes;
+  std::optional<std::string> artifact_root;
+};
+
 } // namespace
 
 int main(int argc, char **argv) {
-  jit::server::ServerSettings settings;
-  std::string config;
+  Overrides flags;
+  std::string config_path;
   std::string port_file;
   for (int i = 1; i < argc; ++i) {
     const char *arg = argv[i];
@@ -111,19 +159,21 @@ int main(int argc, char **argv) {
     }
     const bool has_value = i + 1 < argc;
     if (std::strcmp(arg, "--config") == 0 && has_value) {
-      config = argv[++i];
+      config_path = argv[++i];
     } else if (std::strcmp(arg, "--host") == 0 && has_value) {
-      settings.host = argv[++i];
+      flags.host = argv[++i];
     } else if (std::strcmp(arg, "--port") == 0 && has_value) {
-      settings.port = static_cast<int>(parse_count(argv[0], arg, argv[++i], 65535));
+      flags.port = static_cast<int>(parse_count(argv[0], arg, argv[++i], 65535));
     } else if (std::strcmp(arg, "--threads") == 0 && has_value) {
-      settings.threads = parse_count(argv[0], arg, argv[++i], 65536);
-      if (settings.threads == 0) {
+      flags.threads = parse_count(argv[0], arg, argv[++i], 65536);
+      if (*flags.threads == 0) {
         std::fprintf(stderr, "%s: --threads must be at least 1\n", argv[0]);
         return 2;
       }
     } else if (std::strcmp(arg, "--max-body-bytes") == 0 && has_value) {
-      settings.max_body_bytes = parse_count(argv[0], arg, argv[++i], ~0ull);
+      flags.max_body_bytes = parse_count(argv[0], arg, argv[++i], ~0ull);
+    } else if (std::strcmp(arg, "--artifact-root") == 0 && has_value) {
+      flags.artifact_root = argv[++i];
     } else if (std::strcmp(arg, "--port-file") == 0 && has_value) {
       port_file = argv[++i];
     } else {
@@ -131,25 +181,57 @@ int main(int argc, char **argv) {
       return 2;
     }
   }
-  if (!config.empty()) {
-    std::fprintf(stderr,
-                 "%s: --config is not supported yet (encoders cannot be loaded in this version); "
-                 "run without it to serve with no encoders\n",
-                 argv[0]);
+
+  jit::server::ServerConfig config;
+  try {
+    if (config_path.empty()) {
+      std::fprintf(stderr, "%s: no --config given: serving with no encoders\n", argv[0]);
+    } else {
+      config = jit::server::load_config(config_path);
+    }
+  } catch (const jit::server::ServerError &e) {
+    std::fprintf(stderr, "%s: %s\n", argv[0], e.what());
     return 2;
   }
-  std::fprintf(stderr, "%s: no --config given: serving with no encoders\n", argv[0]);
+  if (flags.host) config.server.host = *flags.host;
+  if (flags.port) config.server.port = *flags.port;
+  if (flags.threads) config.server.threads = *flags.threads;
+  if (flags.max_body_bytes) config.server.max_body_bytes = *flags.max_body_bytes;
+  if (flags.artifact_root) {
+    config.artifact_root = std::filesystem::absolute(*flags.artifact_root).lexically_normal().string();
+  } else if (config_path.empty()) {
+    config.artifact_root.clear(); // no config and no flag: no root, so no loading by path
+  }
+  // Refused before anything is loaded, so that one entry's problem is not found after minutes of
+  // loading the others.
+  for (size_t i = 0; i < config.encoders.size(); ++i) {
+    if (!config.encoders[i].factory.empty()) {
+      std::fprintf(stderr,
+                   "%s: %s: encoders[%zu] (%s): factory: Python factories need `jit-embedding serve`; "
+                   "jit-embedding-server loads exported artifacts (artifact: <folder>) only\n",
+                   argv[0], config_path.c_str(), i, config.encoders[i].name.c_str());
+      return 2;
+    }
+#ifndef JIT_WITH_TORCH_EXECUTOR
+    std::fprintf(stderr, "%s: %s: encoders[%zu] (%s): this jit-embedding-server was built without LibTorch\n", argv[0],
+                 config_path.c_str(), i, config.encoders[i].name.c_str());
+    return 2;
+#endif
+  }
 
   if (!install_signal_handlers()) {
     std::fprintf(stderr, "%s: cannot install signal handlers: %s\n", argv[0], std::strerror(errno));
     return 1;
   }
 
-  jit::metrics::Registry registry;
-  jit::server::HttpServer server(settings, registry, jit::server::ServerHooks{});
+  const std::string host = config.server.host;
+  jit::server::App app(std::move(config), make_torch_executor);
   int port = 0;
   try {
-    port = server.start();
+    port = app.start();
+  } catch (const jit::server::ServerError &e) {
+    std::fprintf(stderr, "%s: %s\n", argv[0], e.what());
+    return 2;
   } catch (const std::exception &e) {
     std::fprintf(stderr, "%s: %s\n", argv[0], e.what());
     return 1;
@@ -158,8 +240,7 @@ int main(int argc, char **argv) {
     std::fprintf(stderr, "%s: cannot write --port-file %s\n", argv[0], port_file.c_str());
     return 1;
   }
-  server.set_ready(true);
-  std::fprintf(stderr, "%s: listening on %s:%d\n", argv[0], settings.host.c_str(), port);
+  std::fprintf(stderr, "%s: listening on %s:%d\n", argv[0], host.c_str(), port);
 
   // Block until a stop signal arrives. EINTR cannot loop forever: SA_RESTART, and a signal always
   // leaves a byte behind.
@@ -167,8 +248,8 @@ int main(int argc, char **argv) {
   while (read(g_signal_pipe[0], &byte, 1) < 0 && errno == EINTR) {
   }
   std::fprintf(stderr, "%s: draining\n", argv[0]);
-  const bool clean = server.begin_drain();
-  server.wait();
+  const bool clean = app.begin_drain();
+  app.wait();
   std::fprintf(stderr, "%s: stopped%s\n", argv[0], clean ? "" : " (grace period ran out with requests in flight)");
   return 0;
 }

@@ -62,15 +62,17 @@ elseif(JIT_BUILD_TESTS)
   message(STATUS "test_ops / test_kernels_gpu: not built, there is no jit_ops target (see CMakeLists.txt)")
 endif()
 
-# The server layer: the error mapping, and HttpServer in-process over loopback (torch-free); the
-# binary itself is tested end to end by tests/python/test_server_http.py.
+# The server layer: the error mapping, the config, and HttpServer and App in-process over loopback
+# (torch-free: a test executor factory); the binary itself is tested end to end by
+# tests/python/test_server_http.py.
 if(JIT_BUILD_TESTS)
   add_executable(test_server tests/cpp/server/test_errors.cpp tests/cpp/server/test_http_server.cpp
-    tests/cpp/server/test_encode_handler.cpp)
+    tests/cpp/server/test_encode_handler.cpp tests/cpp/server/test_config.cpp tests/cpp/server/test_app.cpp)
   target_include_directories(test_server PRIVATE ${MSGPACK_INCLUDE_DIR})
   target_compile_definitions(test_server PRIVATE MSGPACK_NO_BOOST)
-  # httplib's client drives the server over loopback; its flags must match the library's (see CMakeLists.txt).
-  target_link_libraries(test_server PRIVATE jit_server PkgConfig::HTTPLIB GTest::gtest_main)
+  # httplib's client drives the server over loopback; its flags must match the library's (see
+  # CMakeLists.txt). yaml-cpp parses the JSON answers.
+  target_link_libraries(test_server PRIVATE jit_server PkgConfig::HTTPLIB yaml-cpp GTest::gtest_main)
   gtest_discover_tests(test_server DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 60)
 endif()
 

@@ -171,11 +171,85 @@ def test_sigterm_exits_zero(server):
     assert "draining" in server.proc.stderr.read()
 
 
-def test_config_is_refused_with_exit_2(tmp_path):
+def run_binary(*args: str) -> subprocess.CompletedProcess:
     if not BINARY.exists():
         pytest.skip(f"{BINARY} is not built (run `make build`)")
-    out = subprocess.run([str(BINARY), "--config", str(tmp_path / "x.yaml")], capture_output=True, text=True)
-    assert out.returncode == 2 and "not supported yet" in out.stderr
+    return subprocess.run([str(BINARY), *args], capture_output=True, text=True, timeout=TIMEOUT_S)
+
+
+def test_bad_configs_exit_2_naming_the_problem(tmp_path):
+    out = run_binary("--config", str(tmp_path / "x.yaml"))
+    assert out.returncode == 2 and "x.yaml: cannot read the config file" in out.stderr
+    config = tmp_path / "bad.yaml"
+    config.write_text("server: {hots: 0.0.0.0}\n")
+    out = run_binary("--config", str(config))
+    assert out.returncode == 2 and "server.hots: unknown key" in out.stderr, out.stderr
+    config.write_text("encoders:\n  - {name: a, artifact: x}\n  - {name: b, artifact: y, max_batch_size: -3}\n")
+    out = run_binary("--config", str(config))
+    assert out.returncode == 2 and "encoders[1].max_batch_size: must be a positive integer, got -3" in out.stderr
+    config.write_text("encoders:\n  - {name: py, factory: 'mypkg.mod:make'}\n")
+    out = run_binary("--config", str(config))
+    assert out.returncode == 2 and "jit-embedding serve" in out.stderr, out.stderr
+
+
+def test_missing_artifact_exits_2_naming_the_encoder(tmp_path):
+    config = tmp_path / "server.yaml"
+    config.write_text("encoders:\n  - {name: clip, artifact: exports/clip}\n")
+    out = run_binary("--config", str(config), "--port", "0")
+    assert out.returncode == 2, out.stderr
+    assert "encoder 'clip'" in out.stderr or "built without LibTorch" in out.stderr, out.stderr
+
+
+def test_config_server_keys_apply_and_flags_override_them(tmp_path):
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} is not built (run `make build`)")
+    config = tmp_path / "server.yaml"
+    config.write_text("server: {max_body_bytes: 1000, port: 1}\n")  # port 1 is overridden by --port 0
+    for i, (extra, status) in enumerate((((), 413), (("--max-body-bytes", "4096"), 400))):
+        (tmp_path / str(i)).mkdir()  # a port file of its own
+        proc, port = start_server(tmp_path / str(i), "--config", str(config), *extra)
+        try:
+            server = Server(proc, port)
+            assert server.request("POST", "/v1/encode/x", body=bytes(1500))[0] == status
+            server.assert_healthy()
+        finally:
+            proc.kill()
+            proc.wait(timeout=TIMEOUT_S)
+
+
+def test_load_endpoint_refuses_escapes_and_reports_failures(tmp_path):
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} is not built (run `make build`)")
+    (tmp_path / "models" / "empty").mkdir(parents=True)
+    (tmp_path / "secret").mkdir()
+    config = tmp_path / "server.yaml"
+    config.write_text("server: {artifact_root: models}\n")
+    proc, port = start_server(tmp_path, "--config", str(config))
+    try:
+        server = Server(proc, port)
+        for body, status, code in (
+            ({"artifact": "../secret"}, 403, "forbidden"),
+            ({"artifact": str(tmp_path / "secret")}, 403, "forbidden"),
+            ({"artifact": "nope"}, 422, "unprocessable"),
+            ({"artifact": "empty"}, 422, "unprocessable"),  # no manifest.json (or no LibTorch)
+            ({"artifact": "empty", "max_batch_size": 0}, 400, "bad_request"),
+        ):
+            result = server.request("POST", "/v1/encoders/clip/load", body=json.dumps(body).encode())
+            assert result[0] == status, (body, result)
+            assert error_of(result)["code"] == code
+            server.assert_healthy()
+        result = server.request("POST", "/v1/encoders/clip/load", body=b"{not json")
+        assert result[0] == 400 and error_of(result)["code"] == "bad_request"
+        assert json.loads(server.request("GET", "/v1/encoders")[2]) == {"encoders": []}
+    finally:
+        proc.kill()
+        proc.wait(timeout=TIMEOUT_S)
+
+
+def test_load_endpoint_is_off_without_an_artifact_root(server):
+    result = server.request("POST", "/v1/encoders/clip/load", body=b'{"artifact": "x"}')
+    assert result[0] == 403 and "no artifact_root" in error_of(result)["error"]
+    server.assert_healthy()
 
 
 def test_512_concurrent_keep_alive_connections_are_all_served(tmp_path):

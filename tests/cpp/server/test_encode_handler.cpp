@@ -18,13 +18,19 @@ namespace {
 using namespace engine::testing_util;
 using std::chrono::milliseconds;
 
+engine::EncoderConfig batching(size_t max_batch, milliseconds delay, size_t queue) {
+  engine::EncoderConfig c;
+  c.batching = {max_batch, delay, queue};
+  return c;
+}
+
 struct Fixture {
   metrics::Registry registry;
   engine::Engine engine{&registry};
   std::unique_ptr<HttpServer> http;
   int port = 0;
 
-  explicit Fixture(engine::EncoderConfig config = {{16, milliseconds(5), 256}, 1}) {
+  explicit Fixture(engine::EncoderConfig config = batching(16, milliseconds(5), 256)) {
     engine.load("affine", std::make_shared<AffineExecutor>(2.0f), config);
     ServerHooks hooks;
     hooks.has_encoder = [this](const std::string &name) {
@@ -76,7 +82,7 @@ TEST(EncodeHandler, ResponseFrameCarriesOutputsAndVersion) {
 }
 
 TEST(EncodeHandler, ConcurrentHttpRequestsAreBatchedAndCorrect) {
-  Fixture f({{32, milliseconds(20), 1024}, 1});
+  Fixture f(batching(32, milliseconds(20), 1024));
   std::vector<std::thread> clients;
   std::atomic<int> ok{0};
   for (int c = 0; c < 8; ++c) {

@@ -19,6 +19,7 @@ TEST(ServerErrors, EveryCodeHasItsStatusAndName) {
       {Code::kUnprocessable, {422, "unprocessable"}},
       {Code::kPayloadTooLarge, {413, "payload_too_large"}},
       {Code::kNotFound, {404, "not_found"}},
+      {Code::kForbidden, {403, "forbidden"}},
       {Code::kOverloaded, {429, "overloaded"}},
       {Code::kNotReady, {503, "not_ready"}},
       {Code::kDeadlineExceeded, {504, "deadline_exceeded"}},
@@ -30,6 +31,7 @@ TEST(ServerErrors, EveryCodeHasItsStatusAndName) {
     EXPECT_EQ(jit::server::code_name(code), want.second);
     EXPECT_EQ(jit::server::error_json(e), "{\"error\": \"m\", \"code\": \"" + want.second + "\"}");
   }
+  EXPECT_EQ(expected.size(), jit::server::kServerErrorCodes) << "a code without a row here";
 }
 
 TEST(ServerErrors, JsonEscapesQuotesBackslashesAndControls) {

@@ -91,13 +91,18 @@ TEST(HttpServer, EphemeralPortAndReadiness) {
 TEST(HttpServer, EncoderListComesFromTheHookAsJson) {
   jit::metrics::Registry registry;
   ServerHooks hooks;
-  hooks.list_encoders = [] { return std::vector<std::string>{"vae", "t5 \"xl\""}; };
+  hooks.encoders_json = [] { return std::string("[{\"name\": \"vae\"}]"); };
   HttpServer server(test_settings(), registry, hooks);
   auto c = client(server.start());
   auto res = c.Get("/v1/encoders");
   ASSERT_TRUE(res);
   EXPECT_EQ(res->status, 200);
-  EXPECT_EQ(res->body, "{\"encoders\": [\"vae\", \"t5 \\\"xl\\\"\"]}");
+  EXPECT_EQ(res->body, "{\"encoders\": [{\"name\": \"vae\"}]}");
+  // Without the hook the list is empty, still as JSON.
+  HttpServer bare(test_settings(), registry, ServerHooks{});
+  res = client(bare.start()).Get("/v1/encoders");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->body, "{\"encoders\": []}");
 }
 
 TEST(HttpServer, DrainWaitsForInFlightAndRefusesNewWork) {

@@ -1,0 +1,108 @@
+// The server application: a config wired to an engine and an HTTP front end.
+//
+// App owns the metrics registry, the engine and the HttpServer, and provides the HTTP layer's
+// hooks: the encoder list, encoding (server/encode_handler.h) and in-place loads. How an
+// EncoderEntry becomes an executor is the caller's ExecutorFactory, which keeps this file
+// torch-free: the C++ binary passes a LibTorch factory (main.cpp), `jit-embedding serve` a Python
+// one, tests a plain C++ one.
+//
+// In-place load (POST /v1/encoders/{name}/load, or load()): the factory builds the new executor
+// beside the serving one; Engine::load then switches new requests to it atomically while the old
+// version drains its queue. A factory failure leaves the old version serving. Loads of one name
+// are serialised; loads of different names may run at once.
+//
+// GET /v1/encoders answers
+//   {"encoders": [{"name": "clip", "version": "sha256:...",
+//                  "inputs":  [{"name": "x", "dtype": "float32", "shape": [-1, 3, 224, 224], "seq_dim": null}],
+//                  "outputs": [{"name": "y", "dtype": "float32", "shape": [-1, 512], "seq_dim": null}],
+//                  "batching": {"max_batch_size": 32, "max_queue_delay_us": 2000, "max_queue_size": 1024,
+//                               "instances": 1, "length_buckets": [16, 32]},
+//                  "queued_samples": 0}, ...]}
+// in name order; a load answers {"encoder": name, "version": new, "previous_version": old or null}.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "common/metrics.h"
+#include "engine/engine.h"
+#include "executor/executor.h"
+#include "server/config.h"
+#include "server/http_server.h"
+
+namespace jit::server {
+
+// Builds the executor an entry describes. May throw anything; App reports the what() as the cause.
+using ExecutorFactory = std::function<std::shared_ptr<executor::Executor>(const EncoderEntry &)>;
+
+// What a load did.
+struct LoadResult {
+  std::string encoder;
+  std::string version;
+  std::string previous_version; // "" when the name was not served before
+};
+
+class App {
+public:
+  // Builds the registry, engine and HTTP server from `config`; loads and binds nothing yet.
+  App(ServerConfig config, ExecutorFactory factory);
+  // Stops HTTP without a drain, then drains the engine.
+  ~App();
+  App(const App &) = delete;
+  App &operator=(const App &) = delete;
+
+  // Loads every configured encoder through the factory, in config order, then starts HTTP and
+  // sets ready. Returns the bound port. Throws ServerError(kUnprocessable) naming the encoder and
+  // the cause when one fails to load (nothing is served then), and std::runtime_error when the
+  // address cannot be bound.
+  int start();
+
+  // Serves `entry` under `name`, replacing the version serving it, if any (see the file comment).
+  // entry.name is ignored. Throws ServerError(kUnprocessable) naming the encoder and the cause
+  // when the factory fails (the old version keeps serving), ServerError(kNotReady) while draining.
+  LoadResult load(const std::string &name, EncoderEntry entry);
+
+  // POST /v1/encoders/{name}/load: parses `body` over the entry serving `name` (or a default
+  // entry for a new name) with parse_load_request(), loads it, and returns the JSON answer.
+  // Throws ServerError as parse_load_request() and load() do.
+  std::string handle_load_request(const std::string &name, const std::string &body);
+
+  // The JSON array GET /v1/encoders lists (see the file comment).
+  std::string encoders_json() const;
+
+  // Graceful drain of HTTP (see HttpServer::begin_drain), then of the engine. Returns whether
+  // every in-flight request finished within the grace period.
+  bool begin_drain();
+  // Blocks until the HTTP listener has returned.
+  void wait();
+
+  int port() const { return http_->port(); }
+  const ServerConfig &config() const { return config_; }
+  metrics::Registry &registry() { return registry_; }
+  engine::Engine &engine() { return engine_; }
+  HttpServer &http() { return *http_; }
+
+private:
+  bool has_encoder(const std::string &name) const;
+  static void check_name(const std::string &name);
+  std::shared_ptr<std::mutex> load_lock(const std::string &name);
+  // load() once the caller holds load_lock(name).
+  LoadResult load_held(const std::string &name, EncoderEntry entry);
+
+  const ServerConfig config_;
+  const ExecutorFactory factory_;
+  // Declaration order is destruction order in reverse: HTTP stops first, then the engine drains,
+  // then the registry the other two count into goes.
+  metrics::Registry registry_;
+  engine::Engine engine_;
+  std::unique_ptr<HttpServer> http_;
+
+  mutable std::mutex mu_;                                    // guards the two maps below
+  std::map<std::string, EncoderEntry> entries_;              // what each served name was loaded from
+  std::map<std::string, std::shared_ptr<std::mutex>> loads_; // one lock per name: loads serialise
+};
+
+} // namespace jit::server

@@ -1,0 +1,104 @@
+// The server's YAML configuration: HTTP settings and the encoders to serve.
+//
+//   server:                       # every key optional; defaults are ServerSettings' defaults
+//     host: 127.0.0.1
+//     port: 8000
+//     threads: 512
+//     max_body_bytes: 1073741824
+//     retain_body_bytes: 67108864 # per-thread body buffers above this are freed after each request
+//     keep_alive_max_count: 10000
+//     keep_alive_timeout_s: 5
+//     read_timeout_s: 30
+//     write_timeout_s: 30
+//     tcp_nodelay: true
+//     drain_grace_ms: 30000
+//     artifact_root: .            # POST /v1/encoders/{name}/load may only name artifacts inside it;
+//                                 # default: the config file's folder
+//     limits: {max_frame_bytes: 4294967296, ...}   # codec::CodecLimits fields by name
+//   encoders:
+//     - name: clip                # [A-Za-z0-9._-]+, unique: it is a URL segment and a metric label
+//       artifact: exports/clip    # folder with manifest.json, relative to the config file; or
+//       factory: mypkg.mod:make   # a Python factory (`jit-embedding serve` only)
+//       options: {...}            # free-form map, handed to a Python factory as kwargs (JSON)
+//       device: cpu               # "" = the manifest's
+//       dtype: float32            # "" = the manifest's; when set, must equal it
+//       max_batch_size: 32
+//       max_queue_delay_us: 2000
+//       max_queue_size: 1024
+//       instances: 1
+//       intra_op_threads: 0
+//       memory_budget_mb: 0
+//       length_buckets: [16, 32, 64, 128, 256, 512]
+//
+// Every error is a ServerError whose message starts with the key's path, e.g.
+// "encoders[1].max_batch_size: must be a positive integer, got -3". Syntax errors, unknown keys,
+// wrong types and bad values are kBadRequest; an entry that disagrees with its artifact's manifest
+// (check_manifest) is kUnprocessable; an artifact outside artifact_root is kForbidden.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "engine/engine.h"
+#include "executor/manifest.h"
+#include "server/errors.h"
+#include "server/http_server.h"
+
+namespace jit::server {
+
+// One encoder to serve, as configured. Also the unit of an in-place load.
+struct EncoderEntry {
+  std::string name;
+  std::string artifact;            // absolute path of the artifact folder (or manifest.json); "" with factory
+  std::string factory;             // "module:callable" of a Python factory; "" with artifact
+  std::string options_json = "{}"; // the `options` map as a JSON object
+  std::string device;              // "" = the manifest's
+  std::string dtype;               // "" = the manifest's
+  engine::EncoderConfig engine;    // batching, instances, length buckets
+  int intra_op_threads = 0;        // CPU threads inside one forward; 0 = torch's default
+  size_t memory_budget_bytes = 0;  // CUDA: refuse a load that needs more; 0 = no check
+};
+
+struct ServerConfig {
+  ServerSettings server;
+  std::string artifact_root; // absolute; "" = loading by artifact path is disabled
+  std::vector<EncoderEntry> encoders;
+};
+
+// Parses config text. `base_dir` is the folder relative paths (artifacts, artifact_root) resolve
+// against, and the default artifact_root. An empty document is a valid config with defaults.
+// Throws ServerError (see the file comment).
+ServerConfig parse_config(const std::string &yaml_text, const std::string &base_dir);
+
+// Reads and parses the config file at `path`; relative paths resolve against its folder.
+// Throws ServerError(kBadRequest) when the file cannot be read; errors name the file first.
+ServerConfig load_config(const std::string &path);
+
+// The body of POST /v1/encoders/{name}/load: a JSON object with the keys of a config entry (all
+// optional; `name`, if given, must equal `name`), applied over `base` (the entry serving now, or
+// a default entry for a new name). A given `artifact` replaces `factory` and vice versa; the
+// artifact resolves against `artifact_root` through resolve_artifact_in_root(). An empty body
+// is `{}`: reload the same artifact with the same settings.
+// Throws ServerError: kBadRequest for malformed JSON, unknown keys or bad values; kForbidden or
+// kUnprocessable from resolve_artifact_in_root(); kBadRequest when neither artifact nor factory
+// is left.
+EncoderEntry parse_load_request(const std::string &json_text, const std::string &name, const EncoderEntry &base,
+                                const std::string &artifact_root);
+
+// Resolves `artifact` (relative to `artifact_root`, or absolute) to its real path, refusing
+// anything outside the root: a `..` that climbs out, an absolute path elsewhere, or a symlink
+// that leads out. Returns the canonical absolute path.
+// Throws ServerError(kForbidden) for an empty root or a path outside it, and
+// ServerError(kUnprocessable) when the path does not exist.
+std::string resolve_artifact_in_root(const std::string &artifact, const std::string &artifact_root);
+
+// Checks a configured entry against its artifact's manifest: a set dtype must equal the
+// manifest's, and max_batch_size must not exceed the manifest's exported bound (when it has one).
+// Throws ServerError(kUnprocessable) naming the encoder, the key and both values.
+void check_manifest(const EncoderEntry &entry, const executor::Manifest &manifest);
+
+// True for a name an encoder may have: non-empty, at most 128 of [A-Za-z0-9._-].
+bool valid_encoder_name(const std::string &name);
+
+} // namespace jit::server
