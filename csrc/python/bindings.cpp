@@ -5,7 +5,10 @@
 
 #include "codec/codec.h"
 #include "common/thread_pool.h"
+#include "executor/executor.h"
 #include "python/py_codec.h"
+#include "python/py_server.h"
+#include "server/errors.h"
 
 namespace py = pybind11;
 using namespace jit;
@@ -15,6 +18,8 @@ PYBIND11_MODULE(_C, m) {
 
   // ---- errors
   py::register_exception<codec::CodecError>(m, "CodecError", PyExc_ValueError);
+  py::register_exception<server::ServerError>(m, "ServerError", PyExc_ValueError);
+  py::register_exception<executor::ExecutorError>(m, "ExecutorError", PyExc_RuntimeError);
 
   // ---- codec
   py::class_<codec::CodecLimits>(m, "CodecLimits", "Decoder limits; defaults in docs/wire-format.md.")
@@ -38,6 +43,18 @@ PYBIND11_MODULE(_C, m) {
   m.def("describe", &python::describe,
         "Return (frame_bytes, envelope_bytes, payload_bytes, envelope msgpack) of a frame.", py::arg("frame"),
         py::arg("limits"));
+
+  // ---- server (jit-embedding serve)
+  py::class_<python::PyApp>(m, "App", "The C++ server hosted in-process; see jit_embedding.serve.Server.")
+      .def(py::init<const std::string &, py::object, std::optional<std::string>, std::optional<int>>(),
+           "Read a YAML config; loader(entry) builds Python factory encoders.", py::arg("config_path"),
+           py::arg("loader"), py::arg("host") = py::none(), py::arg("port") = py::none())
+      .def("start", &python::PyApp::start, "Load every encoder, start serving, return the port.")
+      .def("drain", &python::PyApp::drain, "Stop admitting, finish in-flight work; True if all finished in time.")
+      .def("wait", &python::PyApp::wait, "Wait up to timeout_s for the server to stop; True once stopped.",
+           py::arg("timeout_s"))
+      .def("encoders_json", &python::PyApp::encoders_json, "The JSON list GET /v1/encoders answers.")
+      .def_property_readonly("port", &python::PyApp::port, "The bound port.");
 
   // ---- runtime
   m.def("parallel_threads", &parallel_threads, "Threads the native pool uses (JIT_NUM_THREADS or the core count).");

@@ -22,9 +22,8 @@
 #include <memory>
 #include <optional>
 
-#include "executor/manifest.h"
-#include "executor/torch_executor.h"
 #include "server/app.h"
+#include "server/artifact_factory.h"
 #include "server/config.h"
 #include "server/errors.h"
 
@@ -105,31 +104,6 @@ bool write_port_file(const std::string &path, int port) {
     if (!out.good()) return false;
   }
   return std::rename(tmp.c_str(), path.c_str()) == 0;
-}
-
-// The C++ binary's executor factory: a LibTorch executor over the entry's exported artifact.
-std::shared_ptr<jit::executor::Executor> make_torch_executor(const jit::server::EncoderEntry &entry) {
-  using jit::server::ServerError;
-  if (!entry.factory.empty()) {
-    throw ServerError(ServerError::Code::kUnprocessable,
-                      "factory '" + entry.factory +
-                          "' is a Python factory: Python factories need `jit-embedding serve`; "
-                          "jit-embedding-server loads exported artifacts (artifact: <folder>) only");
-  }
-#ifdef JIT_WITH_TORCH_EXECUTOR
-  const jit::executor::Manifest manifest = jit::executor::load_manifest(entry.artifact);
-  jit::server::check_manifest(entry, manifest);
-  jit::executor::TorchExecutorOptions options;
-  options.device = entry.device;
-  options.num_runners = entry.engine.instances;
-  options.intra_op_threads = entry.intra_op_threads;
-  options.memory_budget_bytes = entry.memory_budget_bytes;
-  return jit::executor::load_torch_executor(manifest, options);
-#else
-  throw ServerError(ServerError::Code::kUnprocessable,
-                    "this jit-embedding-server was built without LibTorch, so it cannot load " + entry.artifact +
-                        " (rebuild with torch installed, or serve it with `jit-embedding serve`)");
-#endif
 }
 
 // Flags as given; each one set overrides the config's value.
@@ -225,7 +199,7 @@ int main(int argc, char **argv) {
   }
 
   const std::string host = config.server.host;
-  jit::server::App app(std::move(config), make_torch_executor);
+  jit::server::App app(std::move(config), jit::server::load_artifact_executor);
   int port = 0;
   try {
     port = app.start();

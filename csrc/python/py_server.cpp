@@ -1,0 +1,86 @@
+#include "python/py_server.h"
+
+#include <pybind11/stl.h>
+
+#include <chrono>
+
+#include "python/py_executor.h"
+#include "server/artifact_factory.h"
+
+namespace jit::python {
+
+PyApp::PyApp(const std::string &config_path, py::object loader, std::optional<std::string> host,
+             std::optional<int> port)
+    : loader_(new py::object(std::move(loader))) {
+  server::ServerConfig config = server::load_config(config_path);
+  if (host) config.server.host = *host;
+  if (port) config.server.port = *port;
+  app_ = std::make_unique<server::App>(std::move(config),
+                                       [this](const server::EncoderEntry &e) { return make_executor(e); });
+}
+
+PyApp::~PyApp() {
+  {
+    py::gil_scoped_release nogil;
+    if (app_ && started_) {
+      app_->begin_drain();
+      app_->wait();
+    }
+    if (waiter_.joinable()) waiter_.join();
+    app_.reset(); // executors (PyExecutors among them) go while the GIL is free for their destructors
+  }
+  delete loader_;
+}
+
+std::shared_ptr<executor::Executor> PyApp::make_executor(const server::EncoderEntry &entry) {
+  if (entry.factory.empty()) return server::load_artifact_executor(entry);
+  py::gil_scoped_acquire gil;
+  py::dict d;
+  d["name"] = entry.name;
+  d["factory"] = entry.factory;
+  d["options_json"] = entry.options_json;
+  d["device"] = entry.device;
+  d["dtype"] = entry.dtype;
+  d["intra_op_threads"] = entry.intra_op_threads;
+  try {
+    py::tuple made = (*loader_)(d).cast<py::tuple>();
+    EncoderSpec spec = spec_from_python(made[1].cast<py::dict>());
+    return std::make_shared<PyExecutor>(made[0], std::move(spec), made[2].cast<std::string>());
+  } catch (py::error_already_set &e) {
+    throw executor::ExecutorError(e.what());
+  }
+}
+
+int PyApp::start() {
+  int port;
+  {
+    py::gil_scoped_release nogil;
+    port = app_->start();
+  }
+  started_ = true;
+  waiter_ = std::thread([this] {
+    app_->wait();
+    std::lock_guard<std::mutex> lock(mu_);
+    stopped_ = true;
+    cv_.notify_all();
+  });
+  return port;
+}
+
+bool PyApp::drain() {
+  if (!started_) return true;
+  py::gil_scoped_release nogil;
+  return app_->begin_drain();
+}
+
+bool PyApp::wait(double timeout_s) {
+  py::gil_scoped_release nogil;
+  std::unique_lock<std::mutex> lock(mu_);
+  return cv_.wait_for(lock, std::chrono::duration<double>(timeout_s), [&] { return stopped_; });
+}
+
+std::string PyApp::encoders_json() const {
+  return app_->encoders_json();
+}
+
+} // namespace jit::python
