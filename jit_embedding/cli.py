@@ -3,14 +3,19 @@
 Subcommands arrive with the layers they drive; today:
 
     jit-embedding inspect FRAME      print a frame's header and envelope (no payload decoding)
+    jit-embedding export ...         export an encoder into an artifact folder (docs/export.md)
+    jit-embedding serve --config F   run the server in this process, with Python factories (docs/serving.md)
     jit-embedding version            print the package, torch and native-core versions
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import traceback
+import warnings
 from pathlib import Path
 
 from jit_embedding import _C, __version__, codec
@@ -34,6 +39,75 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _quiet_libraries():
+    """Silences library chatter (load reports, progress bars, tracer and deprecation warnings) that
+    would hide the one line that matters; restores every setting on the way out."""
+    import importlib
+    import logging
+
+    restore = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch_log = logging.getLogger("torch")
+        restore.append(lambda level=torch_log.level: torch_log.setLevel(level))
+        torch_log.setLevel(logging.ERROR)
+        for lib in ("transformers", "diffusers"):
+            try:
+                lib_logging = importlib.import_module(f"{lib}.utils.logging")
+            except ImportError:
+                continue
+            level, bars = lib_logging.get_verbosity(), lib_logging.is_progress_bar_enabled()
+            restore.append(lambda m=lib_logging, v=level, b=bars: (m.set_verbosity(v), b and m.enable_progress_bar()))
+            lib_logging.set_verbosity_error()
+            lib_logging.disable_progress_bar()
+        try:
+            yield
+        finally:
+            for undo in reversed(restore):
+                undo()
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    """Runs jit_embedding.export.export; a problem is one line on stderr and exit status 1."""
+    from jit_embedding.export import ExportError, export
+
+    if args.family is None and args.module is None:
+        families = "{vae,clip_text,t5,minilm}"
+        print(f"jit-embedding export: give --family {families} or --module pkg.mod:factory", file=sys.stderr)
+        return 1
+    try:
+        with contextlib.nullcontext() if args.verbose else _quiet_libraries():
+            result = export(
+                args.family or "module",
+                args.checkpoint,
+                args.out,
+                module=args.module,
+                format=args.format,
+                name=args.name,
+                device=args.device,
+                dtype=args.dtype,
+                max_batch_size=args.max_batch_size,
+                max_seq_len=args.max_seq_len,
+                image_size=args.image_size,
+            )
+    except ExportError as e:
+        print(f"jit-embedding export: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # anything torch or the model raises, as one line
+        if args.verbose:
+            traceback.print_exc()
+        first = (str(e).strip().splitlines() or [""])[0]
+        print(f"jit-embedding export: failed: {type(e).__name__}: {first} (--verbose shows more)", file=sys.stderr)
+        return 1
+    m = result.manifest
+    steps = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
+    print(f"exported {m['family']} '{m['name']}' to {result.out} ({m['artifact']}, {m['dtype']}, {m['device']})")
+    print(f"version {m['version']}")
+    print(f"took {steps}")
+    return 0
+
+
 def _cmd_version(_: argparse.Namespace) -> int:
     import torch
 
@@ -43,6 +117,17 @@ def _cmd_version(_: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from jit_embedding.serve import serve
+
+    try:
+        return serve(args.config, host=args.host, port=args.port, port_file=args.port_file)
+    except (ValueError, RuntimeError) as e:
+        # Config and load errors name the key or the encoder; a traceback adds nothing for users.
+        print(f"jit-embedding serve: {e}", file=sys.stderr)
+        return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jit-embedding", description="Frozen encoders served to training jobs.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -50,6 +135,34 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("frame", help="path to a file holding one frame")
     ins.add_argument("--decode", action="store_true", help="also decode payloads and print min/max/mean")
     ins.set_defaults(func=_cmd_inspect)
+    exp = sub.add_parser(
+        "export",
+        help="export an encoder into an artifact folder (model.pt2 or model.pt + manifest.json)",
+        description="Export an encoder for jit-embedding-server (docs/export.md).",
+    )
+    exp.add_argument("--family", help="vae, clip_text, t5 or minilm (or use --module)")
+    exp.add_argument("--module", help="your own encoder: pkg.mod:factory returning (nn.Module, spec dict)")
+    exp.add_argument("--checkpoint", help="Hugging Face model folder (config.json + *.safetensors)")
+    exp.add_argument("--out", required=True, help="artifact folder to write (created)")
+    exp.add_argument("--format", default="aoti", help="aoti (model.pt2, default) or torchscript (model.pt, deprecated)")
+    exp.add_argument("--name", help="the encoder's name in the manifest (default: the family)")
+    exp.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    exp.add_argument("--dtype", default="float32", help="compute dtype: float32 (default), bfloat16 or float16")
+    exp.add_argument("--max-batch-size", type=int, default=256, help="upper bound of the batch dim (default 256)")
+    exp.add_argument("--max-seq-len", type=int, help="upper bound of the seq dim (default: the checkpoint's)")
+    exp.add_argument("--image-size", help="vae: H or HxW (default: the config's sample_size)")
+    exp.add_argument("--verbose", action="store_true", help="keep library warnings and print tracebacks")
+    exp.set_defaults(func=_cmd_export)
+    srv = sub.add_parser(
+        "serve",
+        help="run the server in this process (exported artifacts and Python nn.Module factories)",
+        description="Serve the encoders of a YAML config (docs/serving.md) until SIGTERM or SIGINT, then drain.",
+    )
+    srv.add_argument("--config", required=True, help="server YAML config")
+    srv.add_argument("--host", help="override server.host")
+    srv.add_argument("--port", type=int, help="override server.port (0: a free port)")
+    srv.add_argument("--port-file", help="write the bound port here once listening")
+    srv.set_defaults(func=_cmd_serve)
     ver = sub.add_parser("version", help="print versions")
     ver.set_defaults(func=_cmd_version)
     return p

@@ -22,10 +22,9 @@ PyApp::PyApp(const std::string &config_path, py::object loader, std::optional<st
 PyApp::~PyApp() {
   {
     py::gil_scoped_release nogil;
-    if (app_ && started_) {
-      app_->begin_drain();
-      app_->wait();
-    }
+    // The waiter thread is the one caller of App::wait(): a second concurrent join of the
+    // listener would be undefined.
+    if (app_ && started_) app_->begin_drain();
     if (waiter_.joinable()) waiter_.join();
     app_.reset(); // executors (PyExecutors among them) go while the GIL is free for their destructors
   }

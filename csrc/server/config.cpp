@@ -215,6 +215,7 @@ void apply_limits(const YAML::Node &n, const std::string &path, codec::CodecLimi
 const std::vector<std::string> kServerKeys = {"host",
                                               "port",
                                               "threads",
+                                              "listen_backlog",
                                               "max_body_bytes",
                                               "retain_body_bytes",
                                               "keep_alive_max_count",
@@ -237,6 +238,8 @@ void apply_server(const YAML::Node &n, const std::string &base_dir, ServerConfig
       s.port = static_cast<int>(integer(v, at, 0, 65535, "an integer in [0, 65535]"));
     } else if (key == "threads") {
       s.threads = static_cast<size_t>(integer(v, at, 1, 65536, "an integer in [1, 65536]"));
+    } else if (key == "listen_backlog") {
+      s.listen_backlog = static_cast<int>(integer(v, at, 1, 65535, "an integer in [1, 65535]"));
     } else if (key == "max_body_bytes") {
       s.max_body_bytes = static_cast<size_t>(positive(v, at));
     } else if (key == "retain_body_bytes") {

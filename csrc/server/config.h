@@ -4,6 +4,7 @@
 //     host: 127.0.0.1
 //     port: 8000
 //     threads: 512
+//     listen_backlog: 4096        # connections waiting to be accepted (capped by net.core.somaxconn)
 //     max_body_bytes: 1073741824
 //     retain_body_bytes: 67108864 # per-thread body buffers above this are freed after each request
 //     keep_alive_max_count: 10000

@@ -202,9 +202,10 @@ HttpServer::HttpServer(ServerSettings settings, metrics::Registry &registry, Ser
   http_->set_tcp_nodelay(settings_.tcp_nodelay);
   // httplib's default also sets SO_REUSEPORT, which lets a second server bind the same port and
   // silently take half its connections. SO_REUSEADDR alone still allows a quick restart.
-  http_->set_socket_options([](socket_t sock) {
+  http_->set_socket_options([this](socket_t sock) {
     int yes = 1;
     setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    listen_fd_ = sock; // the last socket httplib binds is the one it listens on
   });
 
   // Register every failure reason up front so each series exists (at 0) from the first scrape:
@@ -394,6 +395,11 @@ int HttpServer::start() {
     throw std::runtime_error("cannot bind " + settings_.host + ":" + std::to_string(settings_.port));
   }
   port_ = port;
+  // Debian's httplib listens with a backlog of 5: a burst of DataLoader workers connecting at once
+  // overflows it and some get resets. Linux lets listen() on a listening socket raise it.
+  if (listen_fd_ >= 0 && ::listen(listen_fd_, settings_.listen_backlog) != 0) {
+    throw std::runtime_error("cannot set the listen backlog to " + std::to_string(settings_.listen_backlog));
+  }
   listener_ = std::thread([this] { http_->listen_after_bind(); });
   // httplib's stop() does nothing until the listener has marked itself running; wait for that so
   // a stop() right after start() cannot be lost.

@@ -58,6 +58,7 @@ struct ServerSettings {
   // Worker threads; httplib serves one connection per thread for its whole keep-alive life, so
   // this is how many keep-alive connections are served at once (more wait in the accept queue).
   size_t threads = 512;
+  int listen_backlog = 4096;               // connections waiting to be accepted (the kernel caps it at somaxconn)
   size_t max_body_bytes = size_t{1} << 30; // larger bodies answer 413 before they are buffered
   // A thread's body buffer above this size is freed after its request rather than kept for the
   // next one: threads x this bounds the memory idle buffers hold.
@@ -138,6 +139,7 @@ private:
   std::unique_ptr<httplib::Server> http_;
   std::thread listener_;
   int port_ = 0;
+  int listen_fd_ = -1; // set by httplib's socket-options callback, before start() returns
 
   mutable std::mutex mu_; // guards everything below
   std::condition_variable idle_cv_;

@@ -281,3 +281,21 @@ def test_512_concurrent_keep_alive_connections_are_all_served(tmp_path):
             conn.close()
         proc.kill()
         proc.wait(timeout=TIMEOUT_S)
+
+
+def test_listen_backlog_is_raised_past_httplibs_five(tmp_path):
+    # Debian's httplib listens with a backlog of 5; a burst of DataLoader workers connecting at once
+    # would overflow it. ss shows a listening socket's backlog in its Send-Q column.
+    import shutil
+
+    if shutil.which("ss") is None:
+        pytest.skip("ss (iproute2) is not installed, so the listen backlog cannot be read")
+    proc, port = start_server(tmp_path)
+    try:
+        out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
+        backlog = int(out.split()[2])
+        want = min(4096, int(Path("/proc/sys/net/core/somaxconn").read_text()))
+        assert backlog == want, out
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=TIMEOUT_S) == 0
