@@ -133,6 +133,30 @@ def module_version(module: torch.nn.Module, factory: str, options: dict) -> str:
     return "sha256:" + h.hexdigest()
 
 
+def _normalize_spec(module: torch.nn.Module, spec: dict, name: str) -> tuple[torch.nn.Module, dict]:
+    """Accepts the export spec format (``dims``: a name for a dynamic dim, an int for a static one)
+    as well as manifest shapes (-1 for dynamic), so one factory serves both ``export --module`` and
+    ``serve``."""
+    if (
+        not isinstance(spec, dict)
+        or not isinstance(spec.get("inputs"), list)
+        or not isinstance(spec.get("outputs"), list)
+    ):
+        raise ValueError(f"encoder '{name}': the factory's spec must be a dict with 'inputs' and 'outputs' lists")
+    out = {"inputs": [], "outputs": []}
+    for kind in ("inputs", "outputs"):
+        for t in spec[kind]:
+            t = dict(t)
+            if "shape" not in t and "dims" in t:
+                t["shape"] = [-1 if isinstance(d, str) else int(d) for d in t["dims"]]
+            if "shape" not in t:
+                raise ValueError(f"encoder '{name}': spec {kind} entry {t.get('name')!r} needs 'shape' or 'dims'")
+            if t.get("seq_dim") is not None and kind == "inputs":
+                t.setdefault("pad_value", 0)
+            out[kind].append({k: t[k] for k in ("name", "dtype", "shape", "seq_dim", "pad_value") if k in t})
+    return module, out
+
+
 def load_factory(entry: dict) -> tuple[ModuleRunner, dict, str]:
     """Builds a Python encoder from a config entry ({name, factory, options_json, device, intra_op_threads}).
 
@@ -151,7 +175,7 @@ def load_factory(entry: dict) -> tuple[ModuleRunner, dict, str]:
     made = fn(**options)
     if not (isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], torch.nn.Module)):
         raise ValueError(f"encoder '{name}': factory '{target}' must return (nn.Module, spec)")
-    module, spec = made
+    module, spec = _normalize_spec(made[0], made[1], name)
     device = entry.get("device") or "cpu"
     module = module.to(device)
     runner = ModuleRunner(module, spec, device=device, intra_op_threads=int(entry.get("intra_op_threads") or 0))

@@ -63,3 +63,15 @@ def identity(width: int = 4):
 
 def broken():
     return "not a module"
+
+
+def affine_dims(width: int = 16, seed: int = 0):
+    """affine() with its spec in the `export --module` format (dims), which serve also accepts."""
+    module, _ = affine(width, seed)
+    return module, {
+        "inputs": [{"name": "x", "dtype": "float32", "dims": ["batch", width]}],
+        "outputs": [
+            {"name": "y", "dtype": "float32", "dims": ["batch", width]},
+            {"name": "norm", "dtype": "float32", "dims": ["batch"]},
+        ],
+    }

@@ -28,12 +28,13 @@ def post(port: int, encoder: str, inputs: dict, headers: dict | None = None):
     return serving.Running(None, port).request("POST", f"/v1/encode/{encoder}", codec.encode(inputs), headers)
 
 
-def test_module_outputs_equal_the_local_module_and_batch(tmp_path):
+@pytest.mark.parametrize("factory", ["python_encoders:affine", "python_encoders:affine_dims"])
+def test_module_outputs_equal_the_local_module_and_batch(tmp_path, factory):
     cfg = config(
         tmp_path,
         {
             "name": "affine",
-            "factory": "python_encoders:affine",
+            "factory": factory,
             "options": {"width": 16, "seed": 3},
             "max_batch_size": 32,
             "max_queue_delay_us": 20000,
