@@ -32,20 +32,10 @@ from typing import Any
 
 import torch
 
-from jit_embedding import _C
+from jit_embedding import _C, codec
 
-_TORCH_DTYPES = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float8_e4m3fn": torch.float8_e4m3fn,
-    "int8": torch.int8,
-    "uint8": torch.uint8,
-    "int16": torch.int16,
-    "int32": torch.int32,
-    "int64": torch.int64,
-    "bool": torch.bool,
-}
+# The wire's dtype names (one table, in jit_embedding.codec).
+_TORCH_DTYPES = codec.DTYPES
 _DTYPE_NAMES = {v: k for k, v in _TORCH_DTYPES.items()}
 
 

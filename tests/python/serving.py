@@ -50,8 +50,10 @@ class Running:
         return body.decode()
 
     def assert_healthy(self) -> None:
-        assert self.request("GET", "/health/live")[0] == 200
-        assert self.request("GET", "/health/ready")[0] == 200
+        status, _, body = self.request("GET", "/health/live")
+        assert status == 200 and json.loads(body) == {"status": "live"}
+        status, _, body = self.request("GET", "/health/ready")
+        assert status == 200 and json.loads(body) == {"status": "ready"}
 
     def stop(self) -> int:
         if self.proc.poll() is None:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import serving
 import torch
 
 from jit_embedding import codec
@@ -22,26 +23,8 @@ MAX_BODY_BYTES = 1 << 20
 TIMEOUT_S = 10.0
 
 
-class Server:
-    def __init__(self, proc: subprocess.Popen, port: int):
-        self.proc = proc
-        self.port = port
-
-    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
-        """One request on a fresh connection; returns (status, headers, body bytes)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=TIMEOUT_S)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            resp = conn.getresponse()
-            return resp.status, dict(resp.getheaders()), resp.read()
-        finally:
-            conn.close()
-
-    def assert_healthy(self):
-        status, _, body = self.request("GET", "/health/live")
-        assert status == 200 and json.loads(body) == {"status": "live"}
-        status, _, body = self.request("GET", "/health/ready")
-        assert status == 200 and json.loads(body) == {"status": "ready"}
+# The running-server handle (request helpers, health checks) shared with the other serving tests.
+Server = serving.Running
 
 
 def start_server(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, int]:
