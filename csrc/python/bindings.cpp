@@ -3,9 +3,11 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "client/client.h"
 #include "codec/codec.h"
 #include "common/thread_pool.h"
 #include "executor/executor.h"
+#include "python/py_client.h"
 #include "python/py_codec.h"
 #include "python/py_server.h"
 #include "server/errors.h"
@@ -20,6 +22,7 @@ PYBIND11_MODULE(_C, m) {
   py::register_exception<codec::CodecError>(m, "CodecError", PyExc_ValueError);
   py::register_exception<server::ServerError>(m, "ServerError", PyExc_ValueError);
   py::register_exception<executor::ExecutorError>(m, "ExecutorError", PyExc_RuntimeError);
+  py::register_exception<client::ClientError>(m, "ClientError", PyExc_RuntimeError);
 
   // ---- codec
   py::class_<codec::CodecLimits>(m, "CodecLimits", "Decoder limits; defaults in docs/wire-format.md.")
@@ -55,6 +58,25 @@ PYBIND11_MODULE(_C, m) {
            py::arg("timeout_s"))
       .def("encoders_json", &python::PyApp::encoders_json, "The JSON list GET /v1/encoders answers.")
       .def_property_readonly("port", &python::PyApp::port, "The bound port.");
+
+  // ---- client (jit_embedding.client.EmbeddingClient)
+  py::class_<python::PyClientFuture>(m, "ClientFuture", "A submitted request; see jit_embedding.client.Future.")
+      .def("done", &python::PyClientFuture::done, "Whether the answer or the error is in.")
+      .def("result", &python::PyClientFuture::result,
+           "Wait (GIL released) up to timeout_s; (entries, meta, endpoint, attempts, latency_s).",
+           py::arg("timeout_s") = py::none());
+  py::class_<python::PyClient>(m, "Client", "The native client; see jit_embedding.client.EmbeddingClient.")
+      .def(py::init<std::vector<std::string>, double, int, std::optional<std::string>, std::string, double, double,
+                    double, size_t, size_t, double>(),
+           "Options as in csrc/client/client.h, durations in seconds.", py::arg("endpoints"), py::arg("timeout_s"),
+           py::arg("retries"), py::arg("auth_token"), py::arg("balancer"), py::arg("health_interval_s"),
+           py::arg("backoff_base_s"), py::arg("backoff_max_s"), py::arg("max_connections_per_endpoint"),
+           py::arg("workers"), py::arg("connect_timeout_s"))
+      .def("submit", &python::PyClient::submit, "Submit a request frame; deadline in epoch seconds.",
+           py::arg("encoder"), py::arg("frame"), py::arg("key"), py::arg("deadline"))
+      .def("encoders_json", &python::PyClient::encoders_json, "GET /v1/encoders from a healthy endpoint.",
+           py::arg("deadline") = py::none())
+      .def("stats", &python::PyClient::stats, "Per-endpoint counters and latency histogram.");
 
   // ---- runtime
   m.def("parallel_threads", &parallel_threads, "Threads the native pool uses (JIT_NUM_THREADS or the core count).");

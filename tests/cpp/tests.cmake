@@ -83,3 +83,12 @@ if(JIT_BUILD_TESTS)
   target_link_libraries(test_executor PRIVATE jit_executor GTest::gtest_main)
   gtest_discover_tests(test_executor DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 60)
 endif()
+
+# The client (csrc/client): pooling, retries, deadlines, health, balancing and fork safety against
+# real in-process servers (HttpServer with a scriptable echo hook, and App with the engine's
+# AffineExecutor) on 127.0.0.1.
+if(JIT_BUILD_TESTS)
+  add_executable(test_client tests/cpp/client/test_client.cpp)
+  target_link_libraries(test_client PRIVATE jit_client jit_server GTest::gtest_main)
+  gtest_discover_tests(test_client DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
+endif()

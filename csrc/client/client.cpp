@@ -1,0 +1,360 @@
+// Client: per-process state (endpoints, balancer, worker threads), the retry loop with its
+// deadline, error messages, and the fork check (see client.h for the contracts).
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+
+#include "client/client_internal.h"
+
+namespace jit::client {
+
+namespace {
+
+using std::chrono::duration_cast;
+using std::chrono::microseconds;
+using std::chrono::milliseconds;
+
+// The value of the string field `name` of a flat JSON object such as the server's error body
+// {"error": "...", "code": "..."}; "" when absent. Escapes are decoded (\uXXXX as UTF-8).
+std::string json_string_field(const std::string &json, const std::string &name) {
+  const std::string quoted = "\"" + name + "\"";
+  size_t i = json.find(quoted);
+  if (i == std::string::npos) return "";
+  i += quoted.size();
+  while (i < json.size() && (json[i] == ' ' || json[i] == ':'))
+    ++i;
+  if (i >= json.size() || json[i] != '"') return "";
+  std::string out;
+  for (++i; i < json.size() && json[i] != '"'; ++i) {
+    char c = json[i];
+    if (c != '\\' || i + 1 >= json.size()) {
+      out += c;
+      continue;
+    }
+    c = json[++i];
+    switch (c) {
+    case 'n': out += '\n'; break;
+    case 't': out += '\t'; break;
+    case 'r': out += '\r'; break;
+    case 'b': out += '\b'; break;
+    case 'f': out += '\f'; break;
+    case 'u': {
+      if (i + 4 >= json.size()) return out;
+      const unsigned cp = static_cast<unsigned>(std::strtoul(json.substr(i + 1, 4).c_str(), nullptr, 16));
+      i += 4;
+      if (cp < 0x80) {
+        out += static_cast<char>(cp);
+      } else if (cp < 0x800) {
+        out += static_cast<char>(0xC0 | (cp >> 6));
+        out += static_cast<char>(0x80 | (cp & 0x3F));
+      } else {
+        out += static_cast<char>(0xE0 | (cp >> 12));
+        out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+        out += static_cast<char>(0x80 | (cp & 0x3F));
+      }
+      break;
+    }
+    default: out += c; // \" \\ \/
+    }
+  }
+  return out;
+}
+
+// "HTTP 422 unprocessable: <server message>" or the socket error.
+std::string describe_cause(const Exchange &ex) {
+  if (ex.status == 0) return ex.error;
+  std::string cause = "HTTP " + std::to_string(ex.status);
+  const std::string code = json_string_field(ex.body, "code");
+  std::string message = json_string_field(ex.body, "error");
+  if (message.empty() && !ex.body.empty() && code.empty()) message = ex.body.substr(0, 200);
+  if (!code.empty()) cause += " " + code;
+  if (!message.empty()) cause += ": " + message;
+  return cause;
+}
+
+bool retryable(const Exchange &ex) {
+  return ex.status == 0 || ex.status == 429 || ex.status == 503;
+}
+
+std::string attempts_text(int n) {
+  return std::to_string(n) + (n == 1 ? " attempt" : " attempts");
+}
+
+bool valid_encoder_name(const std::string &name) {
+  if (name.empty()) return false;
+  return std::all_of(name.begin(), name.end(), [](unsigned char c) {
+    return std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == ':' || c == '@';
+  });
+}
+
+} // namespace
+
+// What one process owns. In a forked child the parent's State is leaked untouched and a new one
+// is built (Client::state()).
+struct Client::State {
+  explicit State(const ClientOptions &options);
+  ~State();
+
+  void post(std::function<void()> task);
+  // The retry loop (client.h, "Retries"): the first 200 exchange, or throws ClientError.
+  Exchange call(const std::string &method, const std::string &path, const std::string &body, const std::string &key,
+                const std::string &encoder, Clock::time_point deadline,
+                std::chrono::system_clock::time_point deadline_sys, std::string *endpoint, int *attempts);
+  Response run(const std::string &encoder, const std::string &frame, const std::string &key, Clock::time_point started,
+               std::chrono::system_clock::time_point deadline_sys);
+
+  const pid_t pid;
+  const ClientOptions &options;
+  std::vector<std::unique_ptr<Endpoint>> endpoints;
+  std::unique_ptr<Balancer> balancer;
+
+  std::mutex mu; // guards tasks and stop
+  std::condition_variable cv;
+  std::deque<std::function<void()>> tasks;
+  bool stop = false;
+  std::vector<std::thread> workers;
+
+  std::mutex rng_mu;
+  std::mt19937_64 rng;
+};
+
+Client::State::State(const ClientOptions &opts) : pid(getpid()), options(opts), rng(std::random_device{}()) {
+  std::vector<Endpoint *> raw;
+  for (const std::string &e : options.endpoints) {
+    auto [host, port] = parse_endpoint(e);
+    endpoints.push_back(std::make_unique<Endpoint>(host, port, options));
+    raw.push_back(endpoints.back().get());
+  }
+  balancer = std::make_unique<Balancer>(raw, options);
+  for (size_t i = 0; i < options.workers; ++i) {
+    workers.emplace_back([this] {
+      std::unique_lock<std::mutex> lock(mu);
+      for (;;) {
+        cv.wait(lock, [&] { return stop || !tasks.empty(); });
+        if (tasks.empty()) return; // stopping, and every queued request has run
+        auto task = std::move(tasks.front());
+        tasks.pop_front();
+        lock.unlock();
+        task();
+        lock.lock();
+      }
+    });
+  }
+}
+
+Client::State::~State() {
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    stop = true;
+  }
+  cv.notify_all();
+  for (auto &t : workers)
+    t.join();
+  balancer.reset(); // stops the prober before the endpoints it probes go away
+  endpoints.clear();
+}
+
+void Client::State::post(std::function<void()> task) {
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    tasks.push_back(std::move(task));
+  }
+  cv.notify_one();
+}
+
+Exchange Client::State::call(const std::string &method, const std::string &path, const std::string &body,
+                             const std::string &key, const std::string &encoder, Clock::time_point deadline,
+                             std::chrono::system_clock::time_point deadline_sys, std::string *endpoint, int *attempts) {
+  const long long deadline_ms = std::chrono::duration_cast<milliseconds>(deadline_sys.time_since_epoch()).count();
+  const std::vector<std::pair<std::string, std::string>> headers = {
+      {"X-Deadline-Ms", std::to_string(std::max<long long>(0, deadline_ms))}};
+  std::vector<Endpoint *> tried;
+  std::string last_cause;
+  Exchange last;
+  Endpoint *last_ep = nullptr;
+
+  auto fail = [&](ClientError::Kind kind, const std::string &why, int n) -> ClientError {
+    const std::string where = last_ep ? last_ep->name() : std::string("no endpoint");
+    return ClientError(kind, last_ep ? last_ep->name() : "", encoder, last.status, json_string_field(last.body, "code"),
+                       "jit-embedding client: encoder '" + encoder + "' at " + where + ": " + why + " (" +
+                           attempts_text(n) + ")");
+  };
+
+  for (int attempt = 0;; ++attempt) {
+    Endpoint *ep = balancer->pick(key, tried);
+    // A 429's Retry-After asks us to stay away from that endpoint; when it is the only choice,
+    // wait for it, unless that passes the deadline.
+    const auto busy_until = Clock::time_point(std::chrono::nanoseconds(ep->busy_until_ns.load()));
+    if (busy_until > Clock::now()) {
+      if (busy_until >= deadline) {
+        last_ep = ep;
+        throw fail(ClientError::Kind::kDeadline,
+                   last_cause + "; its Retry-After would pass the deadline, so it was not retried", attempt);
+      }
+      std::this_thread::sleep_until(busy_until);
+    }
+    if (Clock::now() >= deadline) {
+      throw fail(ClientError::Kind::kDeadline,
+                 attempt == 0 ? std::string("deadline exceeded before sending")
+                              : "deadline exceeded; last cause: " + last_cause,
+                 attempt);
+    }
+
+    ep->requests.fetch_add(1, std::memory_order_relaxed);
+    if (attempt > 0) ep->retries.fetch_add(1, std::memory_order_relaxed);
+    ep->bytes_sent.fetch_add(body.size(), std::memory_order_relaxed);
+    ep->outstanding.fetch_add(1, std::memory_order_relaxed);
+    const auto t0 = Clock::now();
+    Exchange ex = ep->send(method, path, body, headers, deadline);
+    ep->outstanding.fetch_sub(1, std::memory_order_relaxed);
+    ep->bytes_received.fetch_add(ex.body.size(), std::memory_order_relaxed);
+    last_ep = ep;
+    if (ex.status == 200) {
+      ep->responses.fetch_add(1, std::memory_order_relaxed);
+      ep->record_latency(duration_cast<microseconds>(Clock::now() - t0));
+      *endpoint = ep->name();
+      *attempts = attempt + 1;
+      return ex;
+    }
+    ep->failures.fetch_add(1, std::memory_order_relaxed);
+    last_cause = describe_cause(ex);
+    last = std::move(ex);
+    if (last.status == 0 || last.status == 503) balancer->eject(ep);
+    if (last.status == 429 && last.retry_after_s > 0) {
+      const auto until = Clock::now() + std::chrono::seconds(last.retry_after_s);
+      ep->busy_until_ns.store(std::chrono::duration_cast<std::chrono::nanoseconds>(until.time_since_epoch()).count());
+    }
+    if (!retryable(last)) {
+      throw fail(last.status ? ClientError::Kind::kHttp : ClientError::Kind::kConnection, last_cause, attempt + 1);
+    }
+    if (attempt >= options.retries) {
+      throw fail(last.status ? ClientError::Kind::kHttp : ClientError::Kind::kConnection,
+                 last_cause + "; giving up after the retry limit", attempt + 1);
+    }
+    if (std::find(tried.begin(), tried.end(), ep) == tried.end()) tried.push_back(ep);
+    if (tried.size() == endpoints.size()) tried.clear(); // every endpoint tried: start over
+
+    // Full jitter: uniform in [0, min(max, base * 2^attempt)].
+    const double cap = std::min<double>(static_cast<double>(options.backoff_max.count()),
+                                        static_cast<double>(options.backoff_base.count()) * std::ldexp(1.0, attempt));
+    double sleep_ms;
+    {
+      std::lock_guard<std::mutex> lock(rng_mu);
+      sleep_ms = std::uniform_real_distribution<double>(0.0, std::max(cap, 0.0))(rng);
+    }
+    const auto wake =
+        Clock::now() + duration_cast<Clock::duration>(std::chrono::duration<double, std::milli>(sleep_ms));
+    if (wake >= deadline) {
+      throw fail(ClientError::Kind::kDeadline, "deadline exceeded; last cause: " + last_cause, attempt + 1);
+    }
+    std::this_thread::sleep_until(wake);
+  }
+}
+
+Response Client::State::run(const std::string &encoder, const std::string &frame, const std::string &key,
+                            Clock::time_point started, std::chrono::system_clock::time_point deadline_sys) {
+  const Clock::time_point deadline = started + (deadline_sys - std::chrono::system_clock::now());
+  Response r;
+  Exchange ex =
+      call("POST", "/v1/encode/" + encoder, frame, key, encoder, deadline, deadline_sys, &r.endpoint, &r.attempts);
+  // The body moves into a shared string first: the decoded tensors point into that buffer.
+  auto body = std::make_shared<std::string>(std::move(ex.body));
+  try {
+    r.frame = codec::decode(reinterpret_cast<const uint8_t *>(body->data()), body->size(), options.decode);
+  } catch (const codec::CodecError &e) {
+    throw ClientError(ClientError::Kind::kDecode, r.endpoint, encoder, 200, "",
+                      "jit-embedding client: encoder '" + encoder + "' at " + r.endpoint +
+                          ": the response is not a valid frame: " + e.what());
+  }
+  r.body = std::move(body);
+  r.latency = duration_cast<microseconds>(Clock::now() - started);
+  return r;
+}
+
+Client::Client(ClientOptions options) : options_(std::move(options)) {
+  auto invalid = [](const std::string &why) {
+    return ClientError(ClientError::Kind::kInvalid, "", "", 0, "", "jit-embedding client: " + why);
+  };
+  if (options_.endpoints.empty()) throw invalid("no endpoints given");
+  for (const std::string &e : options_.endpoints)
+    (void)parse_endpoint(e);
+  if (options_.balancer != "least_outstanding" && options_.balancer != "affinity")
+    throw invalid("unknown balancer '" + options_.balancer + "' (expected 'least_outstanding' or 'affinity')");
+  if (options_.retries < 0) throw invalid("retries must be >= 0");
+  if (options_.max_connections_per_endpoint == 0) throw invalid("max_connections_per_endpoint must be >= 1");
+  if (options_.workers == 0) throw invalid("workers must be >= 1");
+  if (options_.timeout.count() <= 0) throw invalid("timeout must be positive");
+  if (options_.health_interval.count() <= 0) throw invalid("health_interval must be positive");
+  state_.store(new State(options_));
+}
+
+Client::~Client() {
+  State *s = state_.load();
+  // In a forked child the state belongs to the parent's threads and sockets: leak it.
+  if (s != nullptr && s->pid == getpid()) delete s;
+}
+
+Client::State &Client::state() const {
+  State *s = state_.load(std::memory_order_acquire);
+  if (s->pid == getpid()) return *s;
+  std::lock_guard<std::mutex> lock(rebuild_mu_);
+  s = state_.load(std::memory_order_acquire);
+  if (s->pid != getpid()) {
+    // The old state is leaked on purpose: its threads are gone, its mutexes may be held by them,
+    // and its sockets are the parent's.
+    s = new State(options_);
+    state_.store(s, std::memory_order_release);
+  }
+  return *s;
+}
+
+std::future<Response> Client::submit(const std::string &encoder, std::string frame, const std::string &key,
+                                     std::optional<std::chrono::system_clock::time_point> deadline) {
+  if (!valid_encoder_name(encoder)) {
+    throw ClientError(ClientError::Kind::kInvalid, "", encoder, 0, "",
+                      "jit-embedding client: bad encoder name '" + encoder + "'");
+  }
+  const Clock::time_point started = Clock::now();
+  const auto deadline_sys = deadline.value_or(std::chrono::system_clock::now() + options_.timeout);
+  State &s = state();
+  auto task = std::make_shared<std::packaged_task<Response()>>(
+      [&s, encoder, frame = std::move(frame), key, started, deadline_sys] {
+        return s.run(encoder, frame, key, started, deadline_sys);
+      });
+  std::future<Response> future = task->get_future();
+  s.post([task] { (*task)(); });
+  return future;
+}
+
+std::future<Response> Client::submit(const std::string &encoder, const std::vector<TensorView> &tensors,
+                                     const std::string &key,
+                                     std::optional<std::chrono::system_clock::time_point> deadline) {
+  return submit(encoder, codec::encode(tensors, "", {}), key, deadline);
+}
+
+Response Client::encode(const std::string &encoder, std::string frame, const std::string &key,
+                        std::optional<std::chrono::system_clock::time_point> deadline) {
+  return submit(encoder, std::move(frame), key, deadline).get();
+}
+
+std::string Client::encoders_json(std::optional<std::chrono::system_clock::time_point> deadline) {
+  const Clock::time_point started = Clock::now();
+  const auto deadline_sys = deadline.value_or(std::chrono::system_clock::now() + options_.timeout);
+  std::string endpoint;
+  int attempts = 0;
+  Exchange ex =
+      state().call("GET", "/v1/encoders", "", "", "(encoder list)",
+                   started + (deadline_sys - std::chrono::system_clock::now()), deadline_sys, &endpoint, &attempts);
+  return std::move(ex.body);
+}
+
+ClientStats Client::stats() const {
+  ClientStats out;
+  for (const auto &ep : state().endpoints)
+    out.endpoints.push_back(ep->snapshot());
+  return out;
+}
+
+} // namespace jit::client

@@ -1,0 +1,130 @@
+#include "python/py_client.h"
+
+#include <pybind11/stl.h>
+
+#include <chrono>
+
+#include "python/py_codec.h"
+
+namespace jit::python {
+
+namespace {
+
+std::chrono::milliseconds ms(double seconds) {
+  return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000.0 + 0.5));
+}
+
+std::optional<std::chrono::system_clock::time_point> to_deadline(std::optional<double> epoch_s) {
+  if (!epoch_s) return std::nullopt;
+  return std::chrono::system_clock::time_point(
+      std::chrono::duration_cast<std::chrono::system_clock::duration>(std::chrono::duration<double>(*epoch_s)));
+}
+
+} // namespace
+
+bool PyClientFuture::done() const {
+  return future_.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
+}
+
+py::tuple PyClientFuture::result(std::optional<double> timeout_s) const {
+  {
+    py::gil_scoped_release nogil;
+    if (timeout_s) {
+      if (future_.wait_for(std::chrono::duration<double>(std::max(0.0, *timeout_s))) != std::future_status::ready) {
+        py::gil_scoped_acquire gil;
+        PyErr_SetString(PyExc_TimeoutError, "the request is still in flight");
+        throw py::error_already_set();
+      }
+    } else {
+      future_.wait();
+    }
+  }
+  const client::Response &r = future_.get(); // rethrows ClientError
+  const std::string &body = *r.body;
+  const auto *base = reinterpret_cast<const uint8_t *>(body.data());
+  py::list entries;
+  size_t next_owned = 0;
+  py::object body_buf; // one view of the body for every aliasing entry; it keeps the body alive
+  for (const auto &t : r.frame.tensors) {
+    py::object buf;
+    size_t offset = 0;
+    if (t.aliases_frame) {
+      if (!body_buf) {
+        std::shared_ptr<uint8_t[]> alias(r.body, const_cast<uint8_t *>(base));
+        body_buf = py::cast(FrameBuffer{alias, nullptr, const_cast<uint8_t *>(base), body.size()});
+      }
+      buf = body_buf;
+      offset = t.nbytes == 0 ? 0 : static_cast<size_t>(t.data - base);
+    } else {
+      const auto &owned = r.frame.owned[next_owned++];
+      buf = py::cast(FrameBuffer{owned, nullptr, owned.get(), t.nbytes});
+    }
+    entries.append(py::make_tuple(t.name, std::string(dtype_name(t.dtype)), py::cast(t.shape), buf, offset, t.nbytes));
+  }
+  return py::make_tuple(entries, py::bytes(r.frame.meta_msgpack), r.endpoint, r.attempts,
+                        std::chrono::duration<double>(r.latency).count());
+}
+
+PyClient::PyClient(std::vector<std::string> endpoints, double timeout_s, int retries,
+                   std::optional<std::string> auth_token, std::string balancer, double health_interval_s,
+                   double backoff_base_s, double backoff_max_s, size_t max_connections_per_endpoint, size_t workers,
+                   double connect_timeout_s) {
+  client::ClientOptions o;
+  o.endpoints = std::move(endpoints);
+  o.timeout = ms(timeout_s);
+  o.retries = retries;
+  o.auth_token = std::move(auth_token);
+  o.balancer = std::move(balancer);
+  o.health_interval = ms(health_interval_s);
+  o.backoff_base = ms(backoff_base_s);
+  o.backoff_max = ms(backoff_max_s);
+  o.max_connections_per_endpoint = max_connections_per_endpoint;
+  o.workers = workers;
+  o.connect_timeout = ms(connect_timeout_s);
+  client_ = std::make_unique<client::Client>(std::move(o));
+}
+
+PyClientFuture PyClient::submit(const std::string &encoder, const py::buffer &frame, const std::string &key,
+                                std::optional<double> deadline) {
+  std::string bytes;
+  {
+    BufferLease lease(frame.ptr(), PyBUF_SIMPLE);
+    bytes.assign(reinterpret_cast<const char *>(lease.data()), lease.size());
+  }
+  return PyClientFuture(client_->submit(encoder, std::move(bytes), key, to_deadline(deadline)));
+}
+
+std::string PyClient::encoders_json(std::optional<double> deadline) {
+  py::gil_scoped_release nogil;
+  return client_->encoders_json(to_deadline(deadline));
+}
+
+py::dict PyClient::stats() const {
+  client::ClientStats s = client_->stats();
+  py::dict out;
+  for (const auto &e : s.endpoints) {
+    py::dict d;
+    d["requests"] = e.requests;
+    d["responses"] = e.responses;
+    d["failures"] = e.failures;
+    d["retries"] = e.retries;
+    d["bytes_sent"] = e.bytes_sent;
+    d["bytes_received"] = e.bytes_received;
+    d["connections_opened"] = e.connections_opened;
+    d["ejections"] = e.ejections;
+    d["outstanding"] = e.outstanding;
+    d["healthy"] = e.healthy;
+    d["latency_sum_s"] = e.latency_sum_ms / 1000.0;
+    py::list buckets;
+    for (size_t i = 0; i < e.latency_buckets.size(); ++i) {
+      const double le = i < client::kLatencyBucketsMs.size() ? client::kLatencyBucketsMs[i] / 1000.0
+                                                             : std::numeric_limits<double>::infinity();
+      buckets.append(py::make_tuple(le, e.latency_buckets[i]));
+    }
+    d["latency_buckets"] = buckets;
+    out[py::str(e.endpoint)] = d;
+  }
+  return out;
+}
+
+} // namespace jit::python
