@@ -1,0 +1,208 @@
+"""DataLoader integration: wrap an existing Dataset so that its workers fetch embeddings from the
+servers ahead of need.
+
+    from jit_embedding import EmbeddingClient
+    from jit_embedding.data import JITEmbeddingDataset
+
+    client = EmbeddingClient(endpoints=["http://10.0.0.5:8000", "http://10.0.0.6:8000"])
+    ds = JITEmbeddingDataset(base, fields={"latent": ("vae", image_prep), "text": ("t5", tokenize)}, client=client)
+    loader = DataLoader(ds, batch_size=32, num_workers=4, sampler=DistributedSampler(ds))
+
+A field is ``(encoder, prep)``: ``prep(sample)`` runs in the worker and returns the encoder's inputs
+for ONE sample, without a batch dimension (``{"input_ids": [S], "attention_mask": [S]}`` from an HF
+tokenizer, ``{"pixels": [3, H, W]}`` for an image). The sample the loader yields is the base sample
+(a dict, or ``{"sample": value}`` otherwise) with each field added: the encoder's output tensor, or
+a dict of them when the encoder has several outputs, again without a batch dimension.
+
+The client is created before the DataLoader and is fork-safe: each worker reconnects lazily on first
+use (see jit_embedding.client). Every request is answered exactly once, after retries and failover
+inside the client, so no sample is dropped or duplicated, and the order is the sampler's.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import multiprocessing
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+Field = tuple[str, Callable[[Any], Mapping[str, torch.Tensor]]]
+
+#: Stats slots: one per worker, plus slot 0 for the main process (num_workers=0).
+MAX_WORKERS = 256
+_STAT_NAMES = ("samples", "requests", "wait_s", "latency_s", "bytes_sent", "bytes_received", "retries", "failures")
+
+
+class _WorkerStats:
+    """Per-worker counters in shared memory, written by the workers and read by the main process.
+    Shared at construction, so they reach fork and spawn workers alike."""
+
+    def __init__(self) -> None:
+        self._values = multiprocessing.RawArray("d", (MAX_WORKERS + 1) * len(_STAT_NAMES))
+
+    @staticmethod
+    def slot() -> int:
+        info = get_worker_info()
+        return 0 if info is None else 1 + info.id % MAX_WORKERS
+
+    def add(self, **deltas: float) -> None:
+        base = self.slot() * len(_STAT_NAMES)
+        for name, value in deltas.items():
+            self._values[base + _STAT_NAMES.index(name)] += value
+
+    def set(self, **values: float) -> None:
+        base = self.slot() * len(_STAT_NAMES)
+        for name, value in values.items():
+            self._values[base + _STAT_NAMES.index(name)] = value
+
+    def read(self) -> list[dict[str, float]]:
+        """One dict per slot that has seen a sample: {"worker": -1 for the main process, ...}."""
+        out = []
+        for slot in range(MAX_WORKERS + 1):
+            row = self._values[slot * len(_STAT_NAMES) : (slot + 1) * len(_STAT_NAMES)]
+            if row[0]:
+                out.append({"worker": slot - 1, **dict(zip(_STAT_NAMES, row))})
+        return out
+
+
+class _Fetcher:
+    """Prepares a sample's fields, submits them, and assembles the answers."""
+
+    def __init__(self, fields: Mapping[str, Field], client: Any, stats: _WorkerStats, deadline_s: float | None):
+        if not fields:
+            raise ValueError("fields must name at least one (encoder, prep) pair")
+        for name, field in fields.items():
+            if not (isinstance(field, tuple) and len(field) == 2 and isinstance(field[0], str) and callable(field[1])):
+                raise TypeError(f"field '{name}' must be (encoder name, prep function), got {field!r}")
+        self.fields = dict(fields)
+        self.client = client
+        self.stats = stats
+        self.deadline_s = deadline_s
+
+    def submit(self, sample: Any) -> list[tuple[str, Any, float]]:
+        pending = []
+        for name, (encoder, prep) in self.fields.items():
+            inputs = prep(sample)
+            batched = {k: torch.as_tensor(v).unsqueeze(0) for k, v in inputs.items()}
+            deadline = None if self.deadline_s is None else time.time() + self.deadline_s
+            pending.append((name, self.client.submit(encoder, batched, deadline=deadline), time.perf_counter()))
+        return pending
+
+    def gather(self, sample: Any, pending: list[tuple[str, Any, float]]) -> dict[str, Any]:
+        out = dict(sample) if isinstance(sample, Mapping) else {"sample": sample}
+        waited = latency = 0.0
+        for name, future, submitted in pending:
+            start = time.perf_counter()
+            outputs, _meta = future.result()
+            now = time.perf_counter()
+            waited += now - start
+            latency += now - submitted
+            values = {k: v[0] for k, v in outputs.items()}
+            out[name] = next(iter(values.values())) if len(values) == 1 else values
+        self.stats.add(samples=1, requests=len(pending), wait_s=waited, latency_s=latency)
+        self._sync_client_stats()
+        return out
+
+    def _sync_client_stats(self) -> None:
+        stats = self.client.stats() if hasattr(self.client, "stats") else None
+        if not stats:
+            return
+        totals = {k: 0.0 for k in ("bytes_sent", "bytes_received", "retries", "failures")}
+        for row in stats.values() if isinstance(stats, Mapping) and "bytes_sent" not in stats else [stats]:
+            for k in totals:
+                totals[k] += float(row.get(k, 0))
+        self.stats.set(**totals)
+
+
+class JITEmbeddingDataset(Dataset):
+    """A map-style Dataset whose samples carry embeddings computed by the servers.
+
+    Args:
+        base: the user's map-style dataset.
+        fields: ``{output field: (encoder, prep)}`` (see the module docstring).
+        client: an ``EmbeddingClient`` (fork-safe; shared by all workers).
+        deadline_s: per-request deadline in seconds (None: the client's timeout).
+
+    ``__getitems__`` (used by DataLoader's batched fetch) submits every field of every sample in
+    the batch before waiting for any, so one batch costs about one round trip. It works with any
+    sampler, including ``DistributedSampler``.
+    """
+
+    def __init__(self, base: Dataset, fields: Mapping[str, Field], client: Any, deadline_s: float | None = None):
+        self.base = base
+        self.stats = _WorkerStats()
+        self._fetcher = _Fetcher(fields, client, self.stats, deadline_s)
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        samples = [self.base[i] for i in indices]
+        pending = [self._fetcher.submit(s) for s in samples]
+        return [self._fetcher.gather(s, p) for s, p in zip(samples, pending)]
+
+    def worker_stats(self) -> list[dict[str, float]]:
+        """Per-worker stats, readable from the main process while or after a loader runs:
+        samples, requests, wait_s (time blocked on answers), latency_s (submit to answer, summed),
+        bytes_sent, bytes_received, retries and failures (the worker's client totals)."""
+        return self.stats.read()
+
+
+class JITEmbeddingIterableDataset(IterableDataset):
+    """An IterableDataset that keeps ``window`` samples in flight per worker and yields them in order.
+
+    Args:
+        base: an iterable of samples (re-iterable: each epoch iterates it again), or a map-style
+            dataset (iterated by index).
+        fields, client, deadline_s: as for JITEmbeddingDataset.
+        window: samples each worker keeps outstanding (K). Larger hides more latency.
+
+    Worker ``w`` of ``n`` takes samples ``w, w + n, w + 2n, ...``, so the loader's order is
+    deterministic and every sample appears exactly once per epoch.
+    """
+
+    def __init__(
+        self,
+        base: Iterable | Dataset,
+        fields: Mapping[str, Field],
+        client: Any,
+        window: int = 32,
+        deadline_s: float | None = None,
+    ):
+        if window < 1:
+            raise ValueError(f"window must be at least 1, got {window}")
+        self.base = base
+        self.window = window
+        self.stats = _WorkerStats()
+        self._fetcher = _Fetcher(fields, client, self.stats, deadline_s)
+
+    def _samples(self, worker: int, workers: int) -> Iterator[Any]:
+        if hasattr(self.base, "__getitem__") and hasattr(self.base, "__len__"):
+            # Map-style: index straight into this worker's share, loading nothing it skips.
+            return (self.base[i] for i in range(worker, len(self.base), workers))  # type: ignore[arg-type]
+        return itertools.islice(iter(self.base), worker, None, workers)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        samples = self._samples(0, 1) if info is None else self._samples(info.id, info.num_workers)
+        window: collections.deque = collections.deque()
+        for sample in samples:
+            window.append((sample, self._fetcher.submit(sample)))
+            if len(window) >= self.window:
+                sample0, pending0 = window.popleft()
+                yield self._fetcher.gather(sample0, pending0)
+        while window:
+            sample0, pending0 = window.popleft()
+            yield self._fetcher.gather(sample0, pending0)
+
+    def worker_stats(self) -> list[dict[str, float]]:
+        """As JITEmbeddingDataset.worker_stats."""
+        return self.stats.read()
