@@ -176,7 +176,7 @@ class EmbeddingClient:
 
         Each sample maps the same input names to tensors with the batch dimension first (a sample
         may hold several rows). Inputs concatenate along dim 0; an input with a ``seq_dim`` in the
-        encoder's spec (token ids, masks) is right-padded with 0 to the longest sample, and each
+        encoder's spec (token ids, masks) is right-padded with its pad_value to the longest sample, and each
         output with a ``seq_dim`` is cut back to its sample's length (that of the sample's first
         padded input). ``keys`` (one per sample) join into the request's affinity key.
 
@@ -195,6 +195,7 @@ class EmbeddingClient:
                 raise ValueError(f"encode_many: sample {i} has inputs {list(s.keys())}, sample 0 has {names}")
         spec = self._spec(encoder)
         seq_dims = {t["name"]: t["seq_dim"] for t in spec["inputs"] if t.get("seq_dim") is not None}
+        pad_values = {t["name"]: t.get("pad_value", 0) for t in spec["inputs"]}
         tensors = [{n: _as_tensor(v) for n, v in s.items()} for s in samples]
         rows = [int(t[names[0]].shape[0]) for t in tensors]
         lengths: list[int | None] = [None] * len(samples)
@@ -213,7 +214,7 @@ class EmbeddingClient:
                     if pad:
                         shape = list(p.shape)
                         shape[dim] = pad
-                        p = torch.cat([p, torch.zeros(shape, dtype=p.dtype)], dim=dim)
+                        p = torch.cat([p, torch.full(shape, pad_values.get(n, 0), dtype=p.dtype)], dim=dim)
                     padded.append(p)
                 parts = padded
             packed[n] = torch.cat(parts, dim=0)

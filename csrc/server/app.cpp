@@ -25,7 +25,8 @@ std::string tensor_specs_json(const std::vector<TensorSpec> &specs) {
     out += (i ? ", " : "");
     out += "{\"name\": " + json_quote(t.name) + ", \"dtype\": " + json_quote(std::string(dtype_name(t.dtype))) +
            ", \"shape\": " + json_int_list(t.shape) +
-           ", \"seq_dim\": " + (t.seq_dim < 0 ? std::string("null") : std::to_string(t.seq_dim)) + "}";
+           ", \"seq_dim\": " + (t.seq_dim < 0 ? std::string("null") : std::to_string(t.seq_dim)) +
+           ", \"pad_value\": " + std::to_string(t.pad_value) + "}";
   }
   return out + "]";
 }

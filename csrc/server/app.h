@@ -13,9 +13,9 @@
 //
 // GET /v1/encoders answers
 //   {"encoders": [{"name": "clip", "version": "sha256:...",
-//                  "inputs":  [{"name": "x", "dtype": "float32", "shape": [-1, 3, 224, 224], "seq_dim": null}],
-//                  "outputs": [{"name": "y", "dtype": "float32", "shape": [-1, 512], "seq_dim": null}],
-//                  "batching": {"max_batch_size": 32, "max_queue_delay_us": 2000, "max_queue_size": 1024,
+//                  "inputs":  [{"name": "x", "dtype": "float32", "shape": [-1, 3, 224, 224], "seq_dim": null,
+//                  "pad_value": 0}], "outputs": [{"name": "y", "dtype": "float32", "shape": [-1, 512], "seq_dim":
+//                  null}], "batching": {"max_batch_size": 32, "max_queue_delay_us": 2000, "max_queue_size": 1024,
 //                               "instances": 1, "length_buckets": [16, 32]},
 //                  "queued_samples": 0}, ...]}
 // in name order; a load answers {"encoder": name, "version": new, "previous_version": old or null}.

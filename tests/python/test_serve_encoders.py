@@ -217,4 +217,5 @@ def test_encoders_endpoint_lists_versions_and_specs(served, exported_artifact):
     assert clip["version"] == manifest["version"]
     assert [i["name"] for i in clip["inputs"]] == ["input_ids", "attention_mask"]
     assert clip["inputs"][0]["seq_dim"] == 1
+    assert [i["pad_value"] for i in clip["inputs"]] == [i["pad_value"] for i in manifest["inputs"]]
     assert clip["batching"]["max_batch_size"] == 8
