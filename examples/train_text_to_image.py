@@ -319,7 +319,9 @@ class EmbeddingServer:
         port_file.unlink(missing_ok=True)
         self.log = open(self.workdir / "server.log", "wb")  # noqa: SIM115
         cmd = [str(SERVER_BINARY), "--config", str(self.config), "--port", "0", "--port-file", str(port_file)]
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_server_preexec()
+        )
         try:
             deadline = time.monotonic() + 120
             while True:
@@ -613,6 +615,8 @@ def train(mode: str, loader: DataLoader, embed, args, server: EmbeddingServer | 
 def run_mode(mode: str, args, data: ShapesDataset, artifacts: dict[str, Path], tokenize: Tokenize) -> Run:
     sampler = RandomSampler(data, generator=torch.Generator().manual_seed(SEED + 2))
     common = {"batch_size": args.batch_size, "sampler": sampler, "num_workers": args.workers, "drop_last": True}
+    if args.isolate_trainer:
+        common["worker_init_fn"] = _to_pipeline_cpus
     if mode == "jit":
         with EmbeddingServer(artifacts, args.workdir / "server", args.server_threads, args.queue_delay_us) as server:
             print(f"server: {SERVER_BINARY.name} on {server.endpoint} (config {_show(server.config)})")
@@ -714,10 +718,16 @@ def compare(runs: dict[str, Run], args) -> None:
             r = runs["onthefly"].step_time(w) / base.step_time(w)
             anchor = f"MosaicML measured about {MOSAIC_ONTHEFLY_ANCHOR}x for Stable Diffusion"
             print(f"on-the-fly / precomputed step time: {r:.2f} ({anchor})")
-    print(
-        "note: on this machine the server, the loader workers and the trainer share the same CPU cores;"
-        " on the intended setup the encoders run on other machines."
-    )
+    if _PIPELINE_CPUS:
+        print(
+            "note: the trainer had one CPU to itself in every mode; the loader workers and the server shared"
+            " the others (the stand-in for encoders on their own machines)."
+        )
+    else:
+        print(
+            "note: the server, the loader workers and the trainer shared every CPU (--no-isolate-trainer);"
+            " on the intended setup the encoders run on other machines."
+        )
 
 
 def plot(runs: dict[str, Run], path: Path, window: int = 10) -> None:
@@ -759,6 +769,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--mode", choices=(*MODES, "all"), default="jit", help="how the trainer gets embeddings (default jit)"
     )
     p.add_argument("--compare", action="store_true", help="same as --mode all")
+    p.add_argument(
+        "--isolate-trainer",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="pin the trainer to one CPU and the loader workers and server to the others, the stand-in on "
+        "one machine for encoders on their own hosts (default on; --no-isolate-trainer shares all CPUs)",
+    )
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers (default 2)")
@@ -784,6 +801,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+# --isolate-trainer: CPU 0 for the trainer, the other CPUs for the data pipeline (loader workers and
+# the server), as when the encoders run on their own machines. Each mode gets the same split.
+_PIPELINE_CPUS: set[int] = set()
+
+
+def _to_pipeline_cpus(_worker_id: int) -> None:
+    if _PIPELINE_CPUS:
+        os.sched_setaffinity(0, _PIPELINE_CPUS)
+
+
+def _server_preexec():
+    if not _PIPELINE_CPUS:
+        return None
+    cpus = set(_PIPELINE_CPUS)
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+def _isolate_trainer() -> str:
+    """Pins this process (the trainer) to its first allowed CPU and keeps the rest for the pipeline."""
+    if not hasattr(os, "sched_setaffinity"):
+        return "not supported on this OS"
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return f"only {len(cpus)} CPU available"
+    _PIPELINE_CPUS.update(cpus[1:])
+    os.sched_setaffinity(0, {cpus[0]})
+    return f"trainer on CPU {cpus[0]}, loader workers and server on CPUs {cpus[1:]}"
+
+
 def _raise_on_sigterm(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -791,6 +837,8 @@ def _raise_on_sigterm(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_on_sigterm)  # a SIGTERM runs the same cleanup as Ctrl-C
+    if args.isolate_trainer:
+        print(f"cpus: {_isolate_trainer()}")
     torch.set_num_threads(args.threads)
     t_total = time.perf_counter()
     modes = MODES if args.mode == "all" else (args.mode,)
