@@ -11,6 +11,7 @@ APT_PKGS=(
   libgtest-dev libbenchmark-dev
   clang-14 libclang-rt-14-dev clang-format-14
   libyaml-cpp-dev
+  libhiredis-dev
 )
 missing=()
 for p in "${APT_PKGS[@]}"; do

@@ -92,3 +92,27 @@ if(JIT_BUILD_TESTS)
   target_link_libraries(test_client PRIVATE jit_client jit_server GTest::gtest_main)
   gtest_discover_tests(test_client DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
 endif()
+
+# The cache (csrc/cache): keys, the memory LRU and TieredCache always; the RocksDB tier on a real
+# database in a temporary directory and the Redis tier against a real redis-server started on a free
+# port, when the build has them (JIT_WITH_ROCKSDB / JIT_WITH_REDIS).
+if(JIT_BUILD_TESTS)
+  set(_cache_tests tests/cpp/cache/test_cache_key.cpp tests/cpp/cache/test_memory_tier.cpp
+    tests/cpp/cache/test_tiered_cache.cpp)
+  if(JIT_HAVE_ROCKSDB)
+    list(APPEND _cache_tests tests/cpp/cache/test_rocksdb_tier.cpp)
+  endif()
+  if(JIT_HAVE_REDIS)
+    list(APPEND _cache_tests tests/cpp/cache/test_redis_tier.cpp)
+  endif()
+  add_executable(test_cache ${_cache_tests})
+  target_link_libraries(test_cache PRIVATE jit_cache GTest::gtest_main)
+  if(JIT_HAVE_ROCKSDB)
+    target_include_directories(test_cache PRIVATE ${ROCKSDB_INCLUDE_DIR})
+    target_link_libraries(test_cache PRIVATE ${ROCKSDB_LIBRARY})
+  endif()
+  if(JIT_HAVE_REDIS)
+    target_link_libraries(test_cache PRIVATE PkgConfig::HIREDIS)
+  endif()
+  gtest_discover_tests(test_cache DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
+endif()

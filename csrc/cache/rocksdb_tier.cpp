@@ -1,0 +1,218 @@
+// The RocksDB tier: entries on local disk under their 16-byte key, values are the entry frames.
+//
+// The size limit is enforced by the writer: when the tracked byte count passes rocksdb_max_bytes,
+// one scan reads every entry's meta (its envelope only) and deletes the oldest until the rest fit in
+// rocksdb_prune_to_fraction of the limit, so scans are rare. The byte count starts from RocksDB's
+// own size estimate at open and is exact after each scan; in between it counts the bytes written.
+#include "cache/cache.h"
+
+#ifdef JIT_HAVE_ROCKSDB
+
+#include <algorithm>
+#include <atomic>
+#include <mutex>
+#include <tuple>
+#include <vector>
+
+#include <rocksdb/cache.h>
+#include <rocksdb/db.h>
+#include <rocksdb/table.h>
+
+#include "cache/cache_internal.h"
+
+namespace jit::cache {
+
+namespace {
+
+std::string key_bytes(const CacheKey &key) {
+  std::string out(16, '\0');
+  for (int i = 0; i < 8; ++i) {
+    out[i] = static_cast<char>(key.high() >> (56 - 8 * i));
+    out[8 + i] = static_cast<char>(key.low() >> (56 - 8 * i));
+  }
+  return out;
+}
+
+std::optional<CacheKey> key_from_bytes(const rocksdb::Slice &s) {
+  if (s.size() != 16) return std::nullopt;
+  uint64_t hi = 0, lo = 0;
+  for (int i = 0; i < 8; ++i) {
+    hi = (hi << 8) | static_cast<uint8_t>(s.data()[i]);
+    lo = (lo << 8) | static_cast<uint8_t>(s.data()[8 + i]);
+  }
+  return CacheKey(hi, lo);
+}
+
+class RocksDbTier final : public Tier {
+public:
+  RocksDbTier(const CacheSettings &s, metrics::Registry &registry) : settings_(s), metrics_(registry, name_) {
+    rocksdb::Options options;
+    options.create_if_missing = true;
+    options.IncreaseParallelism(2);
+    rocksdb::BlockBasedTableOptions table;
+    table.block_cache = rocksdb::NewLRUCache(s.rocksdb_block_cache_bytes);
+    options.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
+    rocksdb::DB *db = nullptr;
+    rocksdb::Status st = rocksdb::DB::Open(options, s.rocksdb_path, &db);
+    if (!st.ok()) throw CacheError("cannot open the RocksDB cache at '" + s.rocksdb_path + "': " + st.ToString());
+    db_.reset(db);
+    uint64_t live = 0, mem = 0;
+    db_->GetIntProperty("rocksdb.estimate-live-data-size", &live);
+    db_->GetIntProperty("rocksdb.cur-size-all-mem-tables", &mem);
+    bytes_ = live + mem;
+    metrics_.bytes.set(static_cast<double>(bytes_.load()));
+  }
+
+  const std::string &name() const override { return name_; }
+
+  std::optional<Entry> get(const CacheKey &key) override {
+    std::string value;
+    rocksdb::Status st = db_->Get(rocksdb::ReadOptions(), key_bytes(key), &value);
+    if (!st.ok()) {
+      metrics_.misses.inc(); // NotFound, or an I/O error: either way a miss
+      return std::nullopt;
+    }
+    uint64_t n = value.size();
+    auto entry = Entry::parse(key, std::make_shared<const std::string>(std::move(value)));
+    if (!entry) {
+      metrics_.corrupt.inc();
+      metrics_.misses.inc();
+      delete_key(key, n);
+      return std::nullopt;
+    }
+    metrics_.hits.inc();
+    return entry;
+  }
+
+  void put(const CacheKey &key, const Entry &entry) override {
+    const std::string &frame = *entry.frame();
+    rocksdb::Status st = db_->Put(rocksdb::WriteOptions(), key_bytes(key), rocksdb::Slice(frame.data(), frame.size()));
+    if (!st.ok()) return; // a failed write is a later miss
+    uint64_t now = bytes_.fetch_add(frame.size() + 16) + frame.size() + 16;
+    metrics_.bytes.set(static_cast<double>(now));
+    if (now > settings_.rocksdb_max_bytes) {
+      PruneSpec spec;
+      spec.max_bytes =
+          static_cast<uint64_t>(static_cast<double>(settings_.rocksdb_max_bytes) * settings_.rocksdb_prune_to_fraction);
+      prune(spec);
+    }
+  }
+
+  void erase(const CacheKey &key) override {
+    rocksdb::PinnableSlice value;
+    rocksdb::Status st = db_->Get(rocksdb::ReadOptions(), db_->DefaultColumnFamily(), key_bytes(key), &value);
+    if (st.ok()) delete_key(key, value.size());
+  }
+
+  TierStats stats() const override {
+    TierStats st;
+    st.tier = name_;
+    uint64_t keys = 0;
+    db_->GetIntProperty("rocksdb.estimate-num-keys", &keys);
+    st.entries = keys;
+    st.bytes = bytes_.load();
+    st.hits = static_cast<uint64_t>(metrics_.hits.value());
+    st.misses = static_cast<uint64_t>(metrics_.misses.value());
+    st.evictions = static_cast<uint64_t>(metrics_.evictions.value());
+    st.corrupt = static_cast<uint64_t>(metrics_.corrupt.value());
+    return st;
+  }
+
+  // One scan: deletes what `spec` selects and unreadable values, then the oldest entries over
+  // spec.max_bytes. Recomputes the byte count exactly.
+  PruneResult prune(const PruneSpec &spec) override {
+    std::lock_guard<std::mutex> lock(prune_mu_);
+    PruneResult res;
+    struct Kept {
+      int64_t created;
+      std::string key;
+      uint64_t size;
+    };
+    std::vector<Kept> kept;
+    uint64_t total = 0;
+    rocksdb::WriteBatch batch;
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      rocksdb::Slice k = it->key(), v = it->value();
+      uint64_t size = k.size() + v.size();
+      auto meta = internal::peek_meta(reinterpret_cast<const uint8_t *>(v.data()), v.size());
+      auto key = key_from_bytes(k);
+      if (!meta || !key || meta->key_hex != key->hex()) {
+        metrics_.corrupt.inc();
+        batch.Delete(k);
+        continue;
+      }
+      if (internal::prune_selects(spec, *meta)) {
+        batch.Delete(k);
+        res.entries += 1;
+        res.bytes += size;
+        continue;
+      }
+      kept.push_back({meta->created_ms, k.ToString(), size});
+      total += size;
+    }
+    if (spec.max_bytes && total > *spec.max_bytes) {
+      std::sort(kept.begin(), kept.end(), [](const Kept &a, const Kept &b) { return a.created < b.created; });
+      for (const Kept &k : kept) {
+        if (total <= *spec.max_bytes) break;
+        batch.Delete(k.key);
+        total -= k.size;
+        res.entries += 1;
+        res.bytes += k.size;
+      }
+    }
+    if (batch.Count() > 0) db_->Write(rocksdb::WriteOptions(), &batch);
+    bytes_ = total;
+    metrics_.bytes.set(static_cast<double>(total));
+    metrics_.evictions.inc(static_cast<double>(res.entries));
+    return res;
+  }
+
+private:
+  void delete_key(const CacheKey &key, uint64_t value_size) {
+    if (db_->Delete(rocksdb::WriteOptions(), key_bytes(key)).ok()) {
+      uint64_t n = value_size + 16, cur = bytes_.load();
+      while (!bytes_.compare_exchange_weak(cur, cur > n ? cur - n : 0)) {
+      }
+      metrics_.bytes.set(static_cast<double>(bytes_.load()));
+    }
+  }
+
+  const std::string name_ = "rocksdb";
+  CacheSettings settings_;
+  TierMetrics metrics_;
+  std::unique_ptr<rocksdb::DB> db_;
+  std::atomic<uint64_t> bytes_{0};
+  std::mutex prune_mu_;
+};
+
+} // namespace
+
+bool rocksdb_available() {
+  return true;
+}
+
+std::unique_ptr<Tier> make_rocksdb_tier(const CacheSettings &settings, metrics::Registry &registry) {
+  if (settings.rocksdb_path.empty()) throw CacheError("rocksdb_path is empty");
+  if (settings.rocksdb_prune_to_fraction <= 0 || settings.rocksdb_prune_to_fraction > 1)
+    throw CacheError("rocksdb_prune_to_fraction must be in (0, 1]");
+  return std::make_unique<RocksDbTier>(settings, registry);
+}
+
+} // namespace jit::cache
+
+#else // built without RocksDB
+
+namespace jit::cache {
+
+bool rocksdb_available() {
+  return false;
+}
+
+std::unique_ptr<Tier> make_rocksdb_tier(const CacheSettings &, metrics::Registry &) {
+  throw CacheError("this build has no RocksDB (CMake JIT_WITH_ROCKSDB found no librocksdb-dev)");
+}
+
+} // namespace jit::cache
+
+#endif
