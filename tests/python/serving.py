@@ -73,12 +73,17 @@ def write_config(folder: Path, encoders: list[dict], server: dict | None = None)
 
 def start(config: Path, *, python_hosted: bool = False, env: dict | None = None) -> Running:
     """Starts the C++ binary (or `jit-embedding serve` when python_hosted) on a free port."""
-    port_file = config.parent / f"port-{time.monotonic_ns()}"
     if python_hosted:
         cmd = [sys.executable, "-m", "jit_embedding.cli", "serve", "--config", str(config)]
     else:
         cmd = [str(BINARY), "--config", str(config), "--threads", "64"]
-    cmd += ["--port", "0", "--port-file", str(port_file)]
+    return launch(cmd, config.parent, env)
+
+
+def launch(cmd: list[str], folder: Path, env: dict | None = None) -> Running:
+    """Runs a server command with --port 0 and a port file in `folder`; returns once it listens."""
+    port_file = folder / f"port-{time.monotonic_ns()}"
+    cmd = [*cmd, "--port", "0", "--port-file", str(port_file)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + TIMEOUT_S
     while not port_file.exists():

@@ -28,22 +28,8 @@ Server = serving.Running
 
 
 def start_server(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, int]:
-    port_file = tmp_path / "port"
-    proc = subprocess.Popen(
-        [str(BINARY), "--port", "0", "--port-file", str(port_file), "--threads", "8", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + TIMEOUT_S
-    while not port_file.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}: {proc.stderr.read()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError("server did not write its port file in time")
-        time.sleep(0.01)
-    return proc, int(port_file.read_text())
+    running = serving.launch([str(BINARY), "--threads", "8", *args], tmp_path)
+    return running.proc, running.port
 
 
 @pytest.fixture
