@@ -105,10 +105,11 @@ class _Fetcher:
             values = {k: v[0] for k, v in outputs.items()}
             out[name] = next(iter(values.values())) if len(values) == 1 else values
         self.stats.add(samples=1, requests=len(pending), wait_s=waited, latency_s=latency)
-        self._sync_client_stats()
         return out
 
-    def _sync_client_stats(self) -> None:
+    def sync_client_stats(self) -> None:
+        """Copies the client's totals into this worker's slot: once per batch, not per sample, as
+        reading them walks every endpoint's counters."""
         stats = self.client.stats() if hasattr(self.client, "stats") else None
         if not stats:
             return
@@ -147,7 +148,9 @@ class JITEmbeddingDataset(Dataset):
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         samples = [self.base[i] for i in indices]
         pending = [self._fetcher.submit(s) for s in samples]
-        return [self._fetcher.gather(s, p) for s, p in zip(samples, pending)]
+        out = [self._fetcher.gather(s, p) for s, p in zip(samples, pending)]
+        self._fetcher.sync_client_stats()
+        return out
 
     def worker_stats(self) -> list[dict[str, float]]:
         """Per-worker stats, readable from the main process while or after a loader runs:
@@ -194,13 +197,17 @@ class JITEmbeddingIterableDataset(IterableDataset):
         info = get_worker_info()
         samples = self._samples(0, 1) if info is None else self._samples(info.id, info.num_workers)
         window: collections.deque = collections.deque()
-        for sample in samples:
+        for n, sample in enumerate(samples, 1):
             window.append((sample, self._fetcher.submit(sample)))
             if len(window) >= self.window:
                 sample0, pending0 = window.popleft()
+                if n % self.window == 0:
+                    self._fetcher.sync_client_stats()
                 yield self._fetcher.gather(sample0, pending0)
         while window:
             sample0, pending0 = window.popleft()
+            if len(window) == 0:
+                self._fetcher.sync_client_stats()
             yield self._fetcher.gather(sample0, pending0)
 
     def worker_stats(self) -> list[dict[str, float]]:
