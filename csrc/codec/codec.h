@@ -91,6 +91,13 @@ EncodePlan plan_encode(const std::vector<TensorView> &tensors, const std::string
 std::string encode(const std::vector<TensorView> &tensors, const std::string &meta_msgpack,
                    const EncodeOptions &options);
 
+// For a value known only once the frame is written (the time it took to write it): overwrites the
+// last `n` bytes of the frame's envelope with `bytes` if they equal `expected`, and re-seals the
+// header checksum. The frame's layout is unchanged, so a same-size msgpack placeholder at the end
+// of the meta can be filled in. Returns false, leaving the frame as it was, when the frame is
+// shorter than its header says or the envelope does not end with `expected`.
+bool patch_envelope_tail(std::string &frame, const uint8_t *expected, const uint8_t *bytes, size_t n);
+
 // One decoded entry. `data` points into the frame for uncompressed payloads, or into a buffer
 // owned by the DecodedFrame for decompressed ones; either way it lives as long as the frame does.
 struct DecodedTensor {

@@ -325,4 +325,17 @@ std::string encode(const std::vector<TensorView> &tensors, const std::string &me
   return out;
 }
 
+bool patch_envelope_tail(std::string &frame, const uint8_t *expected, const uint8_t *bytes, size_t n) {
+  if (frame.size() < kHeaderBytes) return false;
+  auto *p = reinterpret_cast<uint8_t *>(frame.data());
+  const size_t envelope_bytes = load_le<uint32_t>(p + kOffEnvelopeBytes);
+  const size_t end = kHeaderBytes + envelope_bytes;
+  if (envelope_bytes < n || end > frame.size()) return false;
+  uint8_t *tail = p + end - n;
+  if (std::memcmp(tail, expected, n) != 0) return false;
+  std::memcpy(tail, bytes, n);
+  store_le<uint64_t>(p + kOffHeaderChecksum, header_checksum(p, p + kHeaderBytes, envelope_bytes));
+  return true;
+}
+
 } // namespace jit::codec

@@ -3,9 +3,6 @@
 
 #include <msgpack.hpp>
 
-#define XXH_INLINE_ALL
-#include <xxhash.h>
-
 #include <cstdint>
 #include <cstring>
 
@@ -13,38 +10,19 @@ namespace jit::server {
 
 namespace {
 
-// Fixed header fields the timing patch touches: docs/wire-format.md, "Fixed header".
-constexpr size_t kHeaderBytes = 32;
-constexpr size_t kOffEnvelopeBytes = 8;
-constexpr size_t kChecksummedHeaderBytes = 24;
-constexpr size_t kOffHeaderChecksum = 24;
 // serialize_us before it is known: msgpack float64 0xcb, then -1.0 big-endian.
 constexpr uint8_t kPlaceholder[9] = {0xcb, 0xbf, 0xf0, 0, 0, 0, 0, 0, 0};
 
-// Writes `us` over the placeholder that ends the envelope and re-seals the header checksum.
-// serialize_us times the whole frame, so it can only be known once the frame is written; the
-// meta is the envelope's last value and the placeholder is the meta's last, always 9 bytes, so
-// the frame's layout does not change. If the bytes are not where expected (a codec that orders
-// its envelope differently), the frame is left as written, saying -1.
+// Fills in serialize_us, which times the whole frame and so is known only once the frame is
+// written: the placeholder is the meta's last value and the meta is the envelope's last, always
+// 9 bytes. If the codec ever orders its envelope differently, the frame keeps saying -1.
 void patch_serialize_us(std::string &frame, double us) {
-  if (frame.size() < kHeaderBytes) return;
-  auto *p = reinterpret_cast<uint8_t *>(frame.data());
-  uint32_t envelope_bytes;
-  std::memcpy(&envelope_bytes, p + kOffEnvelopeBytes, 4); // little-endian on every supported host
-  const size_t end = kHeaderBytes + envelope_bytes;
-  if (envelope_bytes < sizeof kPlaceholder || end > frame.size()) return;
-  uint8_t *slot = p + end - sizeof kPlaceholder;
-  if (std::memcmp(slot, kPlaceholder, sizeof kPlaceholder) != 0) return;
+  uint8_t value[9] = {0xcb};
   uint64_t bits;
   std::memcpy(&bits, &us, 8);
   for (int i = 0; i < 8; ++i)
-    slot[1 + i] = static_cast<uint8_t>(bits >> (56 - 8 * i)); // msgpack numbers are big-endian
-  XXH3_state_t state;
-  XXH3_64bits_reset(&state);
-  XXH3_64bits_update(&state, p, kChecksummedHeaderBytes);
-  XXH3_64bits_update(&state, p + kHeaderBytes, envelope_bytes);
-  const uint64_t sum = XXH3_64bits_digest(&state);
-  std::memcpy(p + kOffHeaderChecksum, &sum, 8);
+    value[1 + i] = static_cast<uint8_t>(bits >> (56 - 8 * i)); // msgpack numbers are big-endian
+  codec::patch_envelope_tail(frame, kPlaceholder, value, sizeof value);
 }
 
 } // namespace

@@ -78,6 +78,25 @@ TEST(CodecMeta, IntegralFloatsStayFloats) {
   }
 }
 
+TEST(CodecMeta, EnvelopeTailIsPatchedInPlaceAndResealed) {
+  // meta = [1.5, -1.0]: its last value, a float64, is the envelope's last 9 bytes.
+  const std::string placeholder = f64_bytes(-1.0), value = f64_bytes(42.25);
+  const std::string meta = std::string("\x92") + f64_bytes(1.5) + placeholder;
+  const std::vector<uint8_t> bytes = smooth_bytes(DType::kFloat32, 64);
+  std::string frame = encode({view("x", DType::kFloat32, {64}, bytes)}, meta, {});
+  const auto *want = reinterpret_cast<const uint8_t *>(placeholder.data());
+  const auto *with = reinterpret_cast<const uint8_t *>(value.data());
+  ASSERT_TRUE(patch_envelope_tail(frame, want, with, 9));
+  // The decoder verifies the header checksum, so this also checks the re-seal.
+  EXPECT_EQ(decode_str(frame).meta_msgpack, std::string("\x92") + f64_bytes(1.5) + value);
+  // Bytes that are no longer the placeholder, or a short frame, are left alone.
+  const std::string before = frame;
+  EXPECT_FALSE(patch_envelope_tail(frame, want, with, 9));
+  EXPECT_EQ(frame, before);
+  std::string shorter = frame.substr(0, 16);
+  EXPECT_FALSE(patch_envelope_tail(shorter, want, with, 9));
+}
+
 TEST(CodecMeta, ScalarMetaWithoutTensorsRoundTrips) {
   for (const std::string &meta : {std::string("\x2a"),
                                   std::string("\xa3"
