@@ -46,6 +46,14 @@ class _TextEncoder(EncoderWrapper):
             ids[torch.arange(batch), lengths - 1] = eos
         return ids.to(device), mask.to(device)
 
+    def _open_checkpoint(self, checkpoint: str | Path, model_types: tuple[str, ...], needs: str) -> Path:
+        """The checkpoint folder, checked to hold one of ``model_types`` (config.json's model_type)."""
+        path = check_checkpoint(checkpoint, self.family)
+        model_type = read_json(path / "config.json").get("model_type")
+        if model_type not in model_types:
+            raise ExportError(f"checkpoint {path} is a {model_type!r} model, family {self.family} needs {needs}")
+        return path
+
     def _text_spec(self, max_seq_len: int | None, default_max: int, hard_max: int | None, max_batch_size: int):
         max_seq = default_max if max_seq_len is None else int(max_seq_len)
         if hard_max is not None and max_seq > hard_max:
@@ -72,10 +80,7 @@ class ClipTextEncoder(_TextEncoder):
     ):
         super().__init__()
         self.dtype = compute_dtype(dtype)
-        path = check_checkpoint(checkpoint, self.family)
-        model_type = read_json(path / "config.json").get("model_type")
-        if model_type not in ("clip", "clip_text_model"):
-            raise ExportError(f"checkpoint {path} is a {model_type!r} model, family clip_text needs a CLIP checkpoint")
+        path = self._open_checkpoint(checkpoint, ("clip", "clip_text_model"), "a CLIP checkpoint")
         from transformers import CLIPTextConfig, CLIPTextModel
 
         config = CLIPTextConfig.from_pretrained(path, local_files_only=True)
@@ -137,10 +142,7 @@ class T5Encoder(_TextEncoder):
             raise ExportError(
                 "family t5 cannot run in float16: T5's activations overflow float16 (inf/NaN); use float32 or bfloat16"
             )
-        path = check_checkpoint(checkpoint, self.family)
-        model_type = read_json(path / "config.json").get("model_type")
-        if model_type not in ("t5", "umt5", "mt5"):
-            raise ExportError(f"checkpoint {path} is a {model_type!r} model, family t5 needs a T5 checkpoint")
+        path = self._open_checkpoint(checkpoint, ("t5", "umt5", "mt5"), "a T5 checkpoint")
         from transformers import T5EncoderModel
 
         model = T5EncoderModel.from_pretrained(
@@ -186,10 +188,7 @@ class MiniLMEncoder(_TextEncoder):
     ):
         super().__init__()
         self.dtype = compute_dtype(dtype)
-        path = check_checkpoint(checkpoint, self.family)
-        config = read_json(path / "config.json")
-        if config.get("model_type") != "bert":
-            raise ExportError(f"checkpoint {path} is a {config.get('model_type')!r} model, family minilm needs a BERT")
+        path = self._open_checkpoint(checkpoint, ("bert",), "a BERT")
         if not (path / "modules.json").is_file():
             raise ExportError(
                 f"checkpoint {path} has no modules.json (family minilm reads a sentence-transformers folder)"
