@@ -155,6 +155,8 @@ struct TierStats {
 // The per-tier metric series. Tiers update them; stats() reads them back.
 struct TierMetrics {
   TierMetrics(metrics::Registry &registry, const std::string &tier);
+  // The stats of a tier named `tier` with these counters; entries and bytes are the tier's to fill.
+  TierStats stats(const std::string &tier) const;
   metrics::Counter &hits, &misses, &evictions, &corrupt;
   metrics::Gauge &bytes;
 };

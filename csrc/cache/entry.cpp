@@ -170,4 +170,14 @@ TierMetrics::TierMetrics(metrics::Registry &r, const std::string &tier)
                         {{"tier", tier}})),
       bytes(r.gauge("jit_cache_bytes", "Bytes held by tier (approximate for rocksdb)", {{"tier", tier}})) {}
 
+TierStats TierMetrics::stats(const std::string &tier) const {
+  TierStats st;
+  st.tier = tier;
+  st.hits = static_cast<uint64_t>(hits.value());
+  st.misses = static_cast<uint64_t>(misses.value());
+  st.evictions = static_cast<uint64_t>(evictions.value());
+  st.corrupt = static_cast<uint64_t>(corrupt.value());
+  return st;
+}
+
 } // namespace jit::cache

@@ -71,17 +71,12 @@ public:
   }
 
   TierStats stats() const override {
-    TierStats st;
-    st.tier = name_;
+    TierStats st = metrics_.stats(name_);
     for (const auto &sh : shards_) {
       std::lock_guard<std::mutex> lock(sh.mu);
       st.entries += sh.lru.size();
       st.bytes += sh.bytes;
     }
-    st.hits = static_cast<uint64_t>(metrics_.hits.value());
-    st.misses = static_cast<uint64_t>(metrics_.misses.value());
-    st.evictions = static_cast<uint64_t>(metrics_.evictions.value());
-    st.corrupt = static_cast<uint64_t>(metrics_.corrupt.value());
     return st;
   }
 

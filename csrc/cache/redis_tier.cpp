@@ -151,15 +151,7 @@ public:
   }
 
   // Entries and bytes are not known per prefix on a shared Redis: reported as 0.
-  TierStats stats() const override {
-    TierStats st;
-    st.tier = name_;
-    st.hits = static_cast<uint64_t>(metrics_.hits.value());
-    st.misses = static_cast<uint64_t>(metrics_.misses.value());
-    st.evictions = static_cast<uint64_t>(metrics_.evictions.value());
-    st.corrupt = static_cast<uint64_t>(metrics_.corrupt.value());
-    return st;
-  }
+  TierStats stats() const override { return metrics_.stats(name_); }
 
 private:
   // Runs `fn` on a pooled connection. fn returns false on a connection failure (a null reply):

@@ -105,16 +105,11 @@ public:
   }
 
   TierStats stats() const override {
-    TierStats st;
-    st.tier = name_;
+    TierStats st = metrics_.stats(name_);
     uint64_t keys = 0;
     db_->GetIntProperty("rocksdb.estimate-num-keys", &keys);
     st.entries = keys;
     st.bytes = bytes_.load();
-    st.hits = static_cast<uint64_t>(metrics_.hits.value());
-    st.misses = static_cast<uint64_t>(metrics_.misses.value());
-    st.evictions = static_cast<uint64_t>(metrics_.evictions.value());
-    st.corrupt = static_cast<uint64_t>(metrics_.corrupt.value());
     return st;
   }
 

@@ -6,10 +6,10 @@ import json
 import os
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+import serving
 import torch
 
 from jit_embedding import codec
@@ -22,21 +22,8 @@ TIMEOUT_S = 10.0
 
 def start_server(tmp_path: Path) -> tuple[subprocess.Popen, int]:
     """The server with no encoders on an ephemeral loopback port (as in test_server_http.py)."""
-    port_file = tmp_path / "port"
-    proc = subprocess.Popen(
-        [str(BINARY), "--port", "0", "--port-file", str(port_file), "--threads", "16"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + TIMEOUT_S
-    while not port_file.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError("server did not write its port file in time")
-        time.sleep(0.01)
-    return proc, int(port_file.read_text())
+    running = serving.launch([str(BINARY), "--threads", "16"], tmp_path)
+    return running.proc, running.port
 
 
 def loadgen(*args: str) -> dict:
