@@ -61,6 +61,7 @@ demo: build
 bench: build
 	@$(PYTHON) benchmarks/codec.py
 	@$(PYTHON) benchmarks/server.py
+	@$(PYTHON) benchmarks/cache.py
 
 lint: setup
 	@$(PYTHON) -m ruff check jit_embedding tests benchmarks examples setup.py

@@ -30,7 +30,12 @@ import torch
 
 from jit_embedding import _C, codec
 
-__all__ = ["ClientError", "EmbeddingClient", "Future"]
+__all__ = ["CACHE_MODES", "ClientError", "EmbeddingClient", "Future", "ManyFuture"]
+
+#: How a request uses the caches: read and write them, compute and overwrite, or neither.
+CACHE_MODES = ("use", "refresh", "bypass")
+#: Where a sample's outputs came from, by ManyFuture.result()'s ``meta["sources"]`` codes.
+SOURCES = ("computed", "server_cache", "local_cache")
 
 #: Raised when a request fails; the message names the endpoint, the encoder and the cause (HTTP
 #: status and the server's message, or the socket error). A subclass of RuntimeError.
@@ -69,6 +74,58 @@ class Future:
         return outputs, meta
 
 
+class ManyFuture:
+    """Samples submitted cache-first (``EmbeddingClient.submit_many``). ``result()`` waits with the
+    GIL released."""
+
+    def __init__(self, native: Any, rows_per_sample: list[int]):
+        self._native = native
+        self._rows = rows_per_sample
+
+    def done(self) -> bool:
+        """Whether the answer (or the error) is in."""
+        return self._native.done()
+
+    def result(self, timeout: float | None = None) -> tuple[list[dict[str, torch.Tensor]], dict]:
+        """Waits up to ``timeout`` seconds (None: until the request's deadline resolves it).
+
+        Returns:
+            ``(samples, meta)``: per sample, output name -> tensor ``[rows, ...]`` cut back to the
+            sample's own length (zero-copy views for single-row samples); ``meta`` =
+            ``{"version", "sources": [per sample: "computed" | "server_cache" | "local_cache"],
+            "endpoint", "exchanges", "bytes_sent", "latency_s"}`` (a multi-row sample's source is
+            that of its first row).
+
+        Raises:
+            TimeoutError: not answered within ``timeout`` (the request goes on).
+            ClientError: the request failed.
+        """
+        rows, sources, version, endpoint, exchanges, bytes_sent, latency_s = self._native.result(timeout)
+        samples = []
+        start = 0
+        sample_sources = []
+        for n in self._rows:
+            per_row = [
+                {name: codec._to_value(dtype, shape, buf, off, nb) for name, dtype, shape, buf, off, nb in entries}
+                for entries in rows[start : start + n]
+            ]
+            if n == 1:
+                samples.append(per_row[0])
+            else:
+                samples.append({name: torch.cat([r[name] for r in per_row]) for name in per_row[0]})
+            sample_sources.append(SOURCES[sources[start]])
+            start += n
+        meta = {
+            "version": version,
+            "sources": sample_sources,
+            "endpoint": endpoint,
+            "exchanges": exchanges,
+            "bytes_sent": bytes_sent,
+            "latency_s": latency_s,
+        }
+        return samples, meta
+
+
 class EmbeddingClient:
     """A client for one or more jit-embedding servers. Thread-safe; one per process is enough.
 
@@ -83,9 +140,18 @@ class EmbeddingClient:
         max_connections_per_endpoint: keep-alive connections (and requests in flight) per server.
         workers: native threads running submitted requests (requests in flight at once).
         connect_timeout: seconds per TCP connect, also capped by the deadline.
+        local_cache_dir: a folder for this node's own cache of embeddings (RocksDB, shared by
+            every process that names it, DataLoader workers included); None: no local cache.
+            ``submit_many`` reads it before asking any server.
+        local_cache_max_bytes: the folder's size limit; the oldest entries go first.
+        local_cache_memory_bytes: each process's in-memory LRU in front of the folder.
+        local_cache_version_ttl: seconds; a local hit is served only while a server confirmed the
+            encoder's version this recently (every answer confirms it), which bounds how long an
+            in-place update can go unnoticed.
 
     Raises:
-        ClientError: no endpoints, a malformed endpoint, an unknown balancer, or a bad limit.
+        ClientError: no endpoints, a malformed endpoint, an unknown balancer, a bad limit, or a
+            local cache folder that cannot be opened.
     """
 
     def __init__(
@@ -102,6 +168,10 @@ class EmbeddingClient:
         max_connections_per_endpoint: int = 64,
         workers: int = 16,
         connect_timeout: float = 2.0,
+        local_cache_dir: str | None = None,
+        local_cache_max_bytes: int = 16 << 30,
+        local_cache_memory_bytes: int = 256 << 20,
+        local_cache_version_ttl: float = 1.0,
     ):
         if isinstance(endpoints, str):
             endpoints = [endpoints]
@@ -117,6 +187,10 @@ class EmbeddingClient:
             "max_connections_per_endpoint": int(max_connections_per_endpoint),
             "workers": int(workers),
             "connect_timeout_s": float(connect_timeout),
+            "local_cache_dir": "" if local_cache_dir is None else str(local_cache_dir),
+            "local_cache_max_bytes": int(local_cache_max_bytes),
+            "local_cache_memory_bytes": int(local_cache_memory_bytes),
+            "local_cache_version_ttl_s": float(local_cache_version_ttl),
         }
         self._native = _C.Client(**self._options)  # validates the options now
         self._specs: dict[str, dict] = {}
@@ -165,76 +239,99 @@ class EmbeddingClient:
             self._specs = {e["name"]: e for e in listed}
         return self._specs
 
+    def submit_many(
+        self,
+        encoder: str,
+        samples: Sequence[Inputs],
+        keys: Sequence[str] | None = None,
+        deadline: float | None = None,
+        *,
+        cache: str = "use",
+        params: Mapping[str, Any] | None = None,
+        affinity_key: str | None = None,
+    ) -> ManyFuture:
+        """Sends several samples cache-first, without waiting: keys before inputs.
+
+        Each sample maps the same input names to tensors with the batch dimension first (a sample
+        may hold several rows; each row is cached on its own). The client hashes every row (its
+        content digest, over ``params`` and the row's inputs at its own length) and asks, in this
+        order: the local cache (``local_cache_dir``), the servers' caches (POST
+        /v1/cache/lookup), and only for the rows still missing uploads their inputs (POST
+        /v1/encode), token inputs (those with a ``seq_dim``) right-padded to the longest.
+
+        Args:
+            encoder: the encoder's name on the servers.
+            samples: one mapping of input name -> tensor per sample.
+            keys: one stable key per sample (a file name, a row id), used instead of the
+                content digest: the caller promises the key changes when the inputs do.
+            deadline: absolute, seconds since the Unix epoch; default now + ``timeout``.
+            cache: ``"use"`` (default), ``"refresh"`` (compute and overwrite) or ``"bypass"``.
+            params: preprocessing parameters that change the outputs without changing the inputs;
+                part of every digest (sent as canonical JSON).
+            affinity_key: the endpoint choice under ``balancer="affinity"``; default the first
+                row's digest.
+
+        Raises:
+            ValueError: samples with different input names, no samples, keys not one per sample,
+                or an unknown cache mode.
+            ClientError: ``encoder`` is not served.
+        """
+        if not samples:
+            raise ValueError("submit_many: no samples")
+        if cache not in CACHE_MODES:
+            raise ValueError(f"submit_many: cache must be one of {CACHE_MODES}, not {cache!r}")
+        if keys is not None and len(keys) != len(samples):
+            raise ValueError(f"submit_many: {len(keys)} keys for {len(samples)} samples")
+        names = list(samples[0].keys())
+        spec = self._spec(encoder)
+        token_inputs = {
+            t["name"]: (int(t["seq_dim"]), int(t.get("pad_value", 0)))
+            for t in spec["inputs"]
+            if t.get("seq_dim") is not None
+        }
+        seq_outputs = {t["name"]: int(t["seq_dim"]) for t in spec["outputs"] if t.get("seq_dim") is not None}
+        rows: list[list[tuple]] = []
+        row_keys: list[str] = []
+        rows_per_sample: list[int] = []
+        for i, s in enumerate(samples):
+            if list(s.keys()) != names:
+                raise ValueError(f"submit_many: sample {i} has inputs {list(s.keys())}, sample 0 has {names}")
+            tensors = {n: _as_tensor(v) for n, v in s.items()}
+            n_rows = int(tensors[names[0]].shape[0])
+            for r in range(n_rows):
+                rows.append([codec._to_item(n, t if n_rows == 1 else t[r : r + 1]) for n, t in tensors.items()])
+                if keys is not None:
+                    row_keys.append(str(keys[i]) if n_rows == 1 else f"{keys[i]}#{r}")
+            rows_per_sample.append(n_rows)
+        params_bytes = b"" if not params else json.dumps(params, sort_keys=True, separators=(",", ":")).encode()
+        native = self._native.submit_rows(
+            encoder, rows, row_keys, params_bytes, token_inputs, seq_outputs, cache, affinity_key or "", deadline
+        )
+        return ManyFuture(native, rows_per_sample)
+
     def encode_many(
         self,
         encoder: str,
         samples: Sequence[Inputs],
         keys: Sequence[str] | None = None,
         deadline: float | None = None,
+        *,
+        cache: str = "use",
+        params: Mapping[str, Any] | None = None,
     ) -> list[tuple[dict[str, torch.Tensor], dict]]:
-        """Encodes several samples in one request and splits the results back, in order.
-
-        Each sample maps the same input names to tensors with the batch dimension first (a sample
-        may hold several rows). Inputs concatenate along dim 0; an input with a ``seq_dim`` in the
-        encoder's spec (token ids, masks) is right-padded with its pad_value to the longest sample, and each
-        output with a ``seq_dim`` is cut back to its sample's length (that of the sample's first
-        padded input). ``keys`` (one per sample) join into the request's affinity key.
-
-        Returns:
-            One ``(outputs, meta)`` per sample; the meta dicts are the request's, shared.
+        """``submit_many(...).result()``, one ``(outputs, meta)`` per sample in order (the meta
+        dict is shared). Each output with a ``seq_dim`` is cut back to its sample's length.
 
         Raises:
-            ValueError: samples with different input names, or no samples.
-            ClientError: the request failed, or ``encoder`` is not served.
+            ValueError, ClientError: as submit_many.
         """
-        if not samples:
-            raise ValueError("encode_many: no samples")
-        names = list(samples[0].keys())
-        for i, s in enumerate(samples):
-            if list(s.keys()) != names:
-                raise ValueError(f"encode_many: sample {i} has inputs {list(s.keys())}, sample 0 has {names}")
-        spec = self._spec(encoder)
-        seq_dims = {t["name"]: t["seq_dim"] for t in spec["inputs"] if t.get("seq_dim") is not None}
-        pad_values = {t["name"]: t.get("pad_value", 0) for t in spec["inputs"]}
-        tensors = [{n: _as_tensor(v) for n, v in s.items()} for s in samples]
-        rows = [int(t[names[0]].shape[0]) for t in tensors]
-        lengths: list[int | None] = [None] * len(samples)
-        packed = {}
-        for n in names:
-            parts = [t[n] for t in tensors]
-            dim = seq_dims.get(n)
-            if dim is not None:
-                longest = max(int(p.shape[dim]) for p in parts)
-                for i, p in enumerate(parts):
-                    if lengths[i] is None:
-                        lengths[i] = int(p.shape[dim])
-                padded = []
-                for p in parts:
-                    pad = longest - int(p.shape[dim])
-                    if pad:
-                        shape = list(p.shape)
-                        shape[dim] = pad
-                        p = torch.cat([p, torch.full(shape, pad_values.get(n, 0), dtype=p.dtype)], dim=dim)
-                    padded.append(p)
-                parts = padded
-            packed[n] = torch.cat(parts, dim=0)
-        key = "|".join(keys) if keys else None
-        outputs, meta = self.encode(encoder, packed, key, deadline)
+        outputs, meta = self.submit_many(encoder, samples, keys, deadline, cache=cache, params=params).result()
+        return [(o, meta) for o in outputs]
 
-        out_seq = {t["name"]: t["seq_dim"] for t in spec["outputs"] if t.get("seq_dim") is not None}
-        results = []
-        start = 0
-        for i, n_rows in enumerate(rows):
-            sample = {}
-            for name, value in outputs.items():
-                part = value[start : start + n_rows] if isinstance(value, torch.Tensor) else value
-                dim = out_seq.get(name)
-                if dim is not None and lengths[i] is not None and isinstance(part, torch.Tensor):
-                    part = part.narrow(dim, 0, lengths[i])
-                sample[name] = part
-            results.append((sample, meta))
-            start += n_rows
-        return results
+    def cache_stats(self) -> dict[str, int]:
+        """Samples (rows) answered by ``submit_many`` in this process, by source:
+        ``rows_local_cache``, ``rows_server_cache`` and ``rows_computed``."""
+        return self._native.cache_stats()
 
     def stats(self) -> dict[str, dict]:
         """Per endpoint: requests, responses, failures, retries, bytes_sent, bytes_received,
@@ -243,7 +340,10 @@ class EmbeddingClient:
         return self._native.stats()
 
     def _spec(self, encoder: str) -> dict:
-        specs = self.encoders()
+        try:
+            specs = self.encoders()
+        except ClientError as e:
+            raise ClientError(f"jit-embedding client: encoder '{encoder}': cannot read the encoder list: {e}") from e
         if encoder not in specs:
             specs = self.encoders(refresh=True)
         if encoder not in specs:

@@ -35,7 +35,19 @@ Field = tuple[str, Callable[[Any], Mapping[str, torch.Tensor]]]
 
 #: Stats slots: one per worker, plus slot 0 for the main process (num_workers=0).
 MAX_WORKERS = 256
-_STAT_NAMES = ("samples", "requests", "wait_s", "latency_s", "bytes_sent", "bytes_received", "retries", "failures")
+_STAT_NAMES = (
+    "samples",
+    "requests",
+    "wait_s",
+    "latency_s",
+    "bytes_sent",
+    "bytes_received",
+    "retries",
+    "failures",
+    "rows_local_cache",
+    "rows_server_cache",
+    "rows_computed",
+)
 
 
 class _WorkerStats:
@@ -71,40 +83,56 @@ class _WorkerStats:
 
 
 class _Fetcher:
-    """Prepares a sample's fields, submits them, and assembles the answers."""
+    """Prepares the fields of a group of samples, submits each field's samples as one cache-first
+    request (``EmbeddingClient.submit_many``), and assembles the answers."""
 
-    def __init__(self, fields: Mapping[str, Field], client: Any, stats: _WorkerStats, deadline_s: float | None):
+    def __init__(
+        self,
+        fields: Mapping[str, Field],
+        client: Any,
+        stats: _WorkerStats,
+        deadline_s: float | None,
+        sample_key: Callable[[Any], str] | None = None,
+        cache: str = "use",
+    ):
         if not fields:
             raise ValueError("fields must name at least one (encoder, prep) pair")
         for name, field in fields.items():
             if not (isinstance(field, tuple) and len(field) == 2 and isinstance(field[0], str) and callable(field[1])):
                 raise TypeError(f"field '{name}' must be (encoder name, prep function), got {field!r}")
+        if sample_key is not None and not callable(sample_key):
+            raise TypeError(f"sample_key must be a function of a sample, got {sample_key!r}")
         self.fields = dict(fields)
         self.client = client
         self.stats = stats
         self.deadline_s = deadline_s
+        self.sample_key = sample_key
+        self.cache = cache
 
-    def submit(self, sample: Any) -> list[tuple[str, Any, float]]:
+    def submit(self, samples: Sequence[Any]) -> list[tuple[str, Any, float]]:
         pending = []
         for name, (encoder, prep) in self.fields.items():
-            inputs = prep(sample)
-            batched = {k: torch.as_tensor(v).unsqueeze(0) for k, v in inputs.items()}
+            inputs = [{k: torch.as_tensor(v).unsqueeze(0) for k, v in prep(s).items()} for s in samples]
+            # The field is part of the key: two fields may run the same encoder on different preps.
+            keys = None if self.sample_key is None else [f"{name}:{self.sample_key(s)}" for s in samples]
             deadline = None if self.deadline_s is None else time.time() + self.deadline_s
-            pending.append((name, self.client.submit(encoder, batched, deadline=deadline), time.perf_counter()))
+            future = self.client.submit_many(encoder, inputs, keys, deadline, cache=self.cache)
+            pending.append((name, future, time.perf_counter()))
         return pending
 
-    def gather(self, sample: Any, pending: list[tuple[str, Any, float]]) -> dict[str, Any]:
-        out = dict(sample) if isinstance(sample, Mapping) else {"sample": sample}
+    def gather(self, samples: Sequence[Any], pending: list[tuple[str, Any, float]]) -> list[dict[str, Any]]:
+        out = [dict(s) if isinstance(s, Mapping) else {"sample": s} for s in samples]
         waited = latency = 0.0
         for name, future, submitted in pending:
             start = time.perf_counter()
-            outputs, _meta = future.result()
+            results, _meta = future.result()
             now = time.perf_counter()
             waited += now - start
-            latency += now - submitted
-            values = {k: v[0] for k, v in outputs.items()}
-            out[name] = next(iter(values.values())) if len(values) == 1 else values
-        self.stats.add(samples=1, requests=len(pending), wait_s=waited, latency_s=latency)
+            latency += (now - submitted) * len(samples)
+            for sample_out, outputs in zip(out, results):
+                values = {k: v[0] for k, v in outputs.items()}
+                sample_out[name] = next(iter(values.values())) if len(values) == 1 else values
+        self.stats.add(samples=len(samples), requests=len(pending), wait_s=waited, latency_s=latency)
         return out
 
     def sync_client_stats(self) -> None:
@@ -117,6 +145,8 @@ class _Fetcher:
         for row in stats.values() if isinstance(stats, Mapping) and "bytes_sent" not in stats else [stats]:
             for k in totals:
                 totals[k] += float(row.get(k, 0))
+        if hasattr(self.client, "cache_stats"):
+            totals.update({k: float(v) for k, v in self.client.cache_stats().items()})
         self.stats.set(**totals)
 
 
@@ -128,16 +158,29 @@ class JITEmbeddingDataset(Dataset):
         fields: ``{output field: (encoder, prep)}`` (see the module docstring).
         client: an ``EmbeddingClient`` (fork-safe; shared by all workers).
         deadline_s: per-request deadline in seconds (None: the client's timeout).
+        sample_key: ``sample_key(sample) -> str``, a stable id of the sample (a file name), used as
+            the cache key instead of the content digest of its prepared inputs. Only for data whose
+            preparation is deterministic: a random crop needs the content digest.
+        cache: ``"use"`` (default), ``"refresh"`` or ``"bypass"`` (see EmbeddingClient.submit_many).
 
-    ``__getitems__`` (used by DataLoader's batched fetch) submits every field of every sample in
-    the batch before waiting for any, so one batch costs about one round trip. It works with any
-    sampler, including ``DistributedSampler``.
+    ``__getitems__`` (used by DataLoader's batched fetch) sends each field of the whole batch as one
+    cache-first request: the samples' digests first, then the inputs of the misses only, so a
+    cached batch uploads a few bytes per sample. It works with any sampler, including
+    ``DistributedSampler``.
     """
 
-    def __init__(self, base: Dataset, fields: Mapping[str, Field], client: Any, deadline_s: float | None = None):
+    def __init__(
+        self,
+        base: Dataset,
+        fields: Mapping[str, Field],
+        client: Any,
+        deadline_s: float | None = None,
+        sample_key: Callable[[Any], str] | None = None,
+        cache: str = "use",
+    ):
         self.base = base
         self.stats = _WorkerStats()
-        self._fetcher = _Fetcher(fields, client, self.stats, deadline_s)
+        self._fetcher = _Fetcher(fields, client, self.stats, deadline_s, sample_key, cache)
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
@@ -147,15 +190,16 @@ class JITEmbeddingDataset(Dataset):
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         samples = [self.base[i] for i in indices]
-        pending = [self._fetcher.submit(s) for s in samples]
-        out = [self._fetcher.gather(s, p) for s, p in zip(samples, pending)]
+        out = self._fetcher.gather(samples, self._fetcher.submit(samples))
         self._fetcher.sync_client_stats()
         return out
 
     def worker_stats(self) -> list[dict[str, float]]:
         """Per-worker stats, readable from the main process while or after a loader runs:
-        samples, requests, wait_s (time blocked on answers), latency_s (submit to answer, summed),
-        bytes_sent, bytes_received, retries and failures (the worker's client totals)."""
+        samples, requests, wait_s (time blocked on answers), latency_s (submit to answer, summed
+        over samples), bytes_sent, bytes_received, retries and failures (the worker's client
+        totals), and rows_local_cache, rows_server_cache and rows_computed (where the worker's
+        samples came from)."""
         return self.stats.read()
 
 
@@ -165,7 +209,7 @@ class JITEmbeddingIterableDataset(IterableDataset):
     Args:
         base: an iterable of samples (re-iterable: each epoch iterates it again), or a map-style
             dataset (iterated by index).
-        fields, client, deadline_s: as for JITEmbeddingDataset.
+        fields, client, deadline_s, sample_key, cache: as for JITEmbeddingDataset.
         window: samples each worker keeps outstanding (K). Larger hides more latency.
 
     Worker ``w`` of ``n`` takes samples ``w, w + n, w + 2n, ...``, so the loader's order is
@@ -179,13 +223,15 @@ class JITEmbeddingIterableDataset(IterableDataset):
         client: Any,
         window: int = 32,
         deadline_s: float | None = None,
+        sample_key: Callable[[Any], str] | None = None,
+        cache: str = "use",
     ):
         if window < 1:
             raise ValueError(f"window must be at least 1, got {window}")
         self.base = base
         self.window = window
         self.stats = _WorkerStats()
-        self._fetcher = _Fetcher(fields, client, self.stats, deadline_s)
+        self._fetcher = _Fetcher(fields, client, self.stats, deadline_s, sample_key, cache)
 
     def _samples(self, worker: int, workers: int) -> Iterator[Any]:
         if hasattr(self.base, "__getitem__") and hasattr(self.base, "__len__"):
@@ -198,17 +244,17 @@ class JITEmbeddingIterableDataset(IterableDataset):
         samples = self._samples(0, 1) if info is None else self._samples(info.id, info.num_workers)
         window: collections.deque = collections.deque()
         for n, sample in enumerate(samples, 1):
-            window.append((sample, self._fetcher.submit(sample)))
+            window.append((sample, self._fetcher.submit([sample])))
             if len(window) >= self.window:
                 sample0, pending0 = window.popleft()
                 if n % self.window == 0:
                     self._fetcher.sync_client_stats()
-                yield self._fetcher.gather(sample0, pending0)
+                yield self._fetcher.gather([sample0], pending0)[0]
         while window:
             sample0, pending0 = window.popleft()
             if len(window) == 0:
                 self._fetcher.sync_client_stats()
-            yield self._fetcher.gather(sample0, pending0)
+            yield self._fetcher.gather([sample0], pending0)[0]
 
     def worker_stats(self) -> list[dict[str, float]]:
         """As JITEmbeddingDataset.worker_stats."""

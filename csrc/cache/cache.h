@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -46,6 +47,11 @@ struct CacheSettings {
   uint64_t rocksdb_max_bytes = 64ull << 30; // when exceeded, the oldest entries are pruned...
   double rocksdb_prune_to_fraction = 0.9;   // ...down to this fraction of rocksdb_max_bytes
   uint64_t rocksdb_block_cache_bytes = 64ull << 20;
+  // Shared mode: rocksdb_path is used at once by many processes of one node (DataLoader workers),
+  // each writing a slot database of its own and reading the others' (make_shared_rocksdb_tier).
+  bool rocksdb_shared = false;
+  size_t rocksdb_shared_max_slots = 64; // processes that can write at once (1..1000)
+  int rocksdb_shared_refresh_ms = 1000; // the other slots' new writes become visible within this
 
   // Redis tier (built with JIT_WITH_REDIS): redis://[:password@]host[:port][/db]
   std::string redis_url;      // empty: no Redis tier
@@ -71,16 +77,40 @@ public:
   CacheKey() = default;
   CacheKey(uint64_t high, uint64_t low) : hi_(high), lo_(low) {}
 
-  // The key of `inputs` (in any order: they are hashed in name order, which must be unique) under
-  // encoder `encoder` at version `version`, with the preprocessing params `params` (opaque bytes, e.g.
-  // a canonical msgpack map). Every field is length-prefixed, so no two different inputs frame to the
-  // same bytes. Throws CacheError on a duplicate input name or a size that does not match shape x dtype.
+  // The key of one sample: bind(encoder, version, content_of_inputs(params, inputs)). `inputs`
+  // are the sample's own tensors (no batch dimension), in any order: they are hashed in name
+  // order, which must be unique. Throws CacheError on a duplicate input name or a size that does
+  // not match shape x dtype.
   static CacheKey for_inputs(std::string_view encoder, std::string_view version, std::string_view params,
                              const std::vector<TensorView> &inputs);
 
-  // The key of a user's own stable sample key (a file name, a row id), hashed together with the
-  // encoder and its version, so a version change still misses. Never equal to a for_inputs() key.
+  // The key of a user's own stable sample key (a file name, a row id) under encoder `encoder` at
+  // `version`: bind(encoder, version, content_of_sample_key(sample_key)). Never equal to a
+  // for_inputs() key.
   static CacheKey for_sample_key(std::string_view encoder, std::string_view version, std::string_view sample_key);
+
+  // The content digest of one sample, independent of any encoder: the preprocessing params
+  // `params` (opaque bytes, e.g. a canonical msgpack map) and each input's name, dtype, shape and
+  // bytes. Every field is length-prefixed, so no two different samples frame to the same bytes.
+  // Clients compute it to ask the server's cache before they upload (POST /v1/cache/lookup).
+  // Throws CacheError as for_inputs().
+  static CacheKey content_of_inputs(std::string_view params, const std::vector<TensorView> &inputs);
+
+  // The content digest of row `row` of batched `inputs` (each [rows, ...]): equal to
+  // content_of_inputs() over the row's own tensors (shape without the batch dimension), cut to
+  // `length` along dimension seq_dims[i] of input i when seq_dims[i] >= 1 and length >= 0 (the
+  // row's true length before the batch was padded). `seq_dims` is parallel to `inputs` or empty.
+  // Throws CacheError for a row out of range, a length past the padded one, or bad tensors.
+  static CacheKey content_of_row(std::string_view params, const std::vector<TensorView> &inputs, int64_t row,
+                                 const std::vector<int> &seq_dims, int64_t length);
+
+  // The content digest of a user's stable sample key. Never equal to a content_of_inputs() digest.
+  static CacheKey content_of_sample_key(std::string_view sample_key);
+
+  // The cache key of content digest `content` under encoder `encoder` at version `version`: the
+  // version is bound in here, on the server, so a client that knows only the content never reads
+  // an entry of another version.
+  static CacheKey bind(std::string_view encoder, std::string_view version, const CacheKey &content);
 
   // 32 lowercase hex digits, high half first.
   std::string hex() const;
@@ -138,6 +168,9 @@ struct PruneSpec {
   std::optional<std::string> encoder;        // ...(only of this encoder, when set)
   std::optional<int64_t> older_than_unix_ms; // entries created before this time
   std::optional<uint64_t> max_bytes;         // keep the newest entries within this many bytes
+  // encoder -> the version it serves now: entries of these encoders under any OTHER version
+  // (stale after an in-place update) are selected.
+  std::map<std::string, std::string> stale_except;
 };
 
 struct PruneResult {
@@ -187,6 +220,14 @@ bool redis_available();
 // RocksDB at settings.rocksdb_path (created if missing). Throws CacheError when it cannot be opened
 // or the build has no RocksDB.
 std::unique_ptr<Tier> make_rocksdb_tier(const CacheSettings &settings, metrics::Registry &registry);
+
+// RocksDB at settings.rocksdb_path shared by many processes at once (settings.rocksdb_shared; the
+// design is in shared_rocksdb_tier.cpp): this process claims a free slot database of its own, written
+// only by it, and reads every other slot. The tier is named "rocksdb"; a process that forks gives the
+// child a slot of its own on the child's first call. Throws CacheError for bad settings, an unusable
+// directory, no free slot (all rocksdb_shared_max_slots held by live processes), or a build without
+// RocksDB.
+std::unique_ptr<Tier> make_shared_rocksdb_tier(const CacheSettings &settings, metrics::Registry &registry);
 
 // Redis at settings.redis_url. Throws CacheError for a malformed URL or a build without Redis; an
 // unreachable server is not an error: it serves misses until it comes back.

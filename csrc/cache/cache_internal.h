@@ -1,11 +1,21 @@
-// Internals shared by the cache's translation units: reading an entry's meta without its payloads.
+// Internals shared by the cache's translation units: reading an entry's meta without its payloads,
+// and what the RocksDB tiers (rocksdb_tier.cpp, shared_rocksdb_tier.cpp) have in common.
 #pragma once
 
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "cache/cache.h"
+
+#ifdef JIT_HAVE_ROCKSDB
+#include <rocksdb/rocksdb_namespace.h>
+namespace ROCKSDB_NAMESPACE {
+class DB;
+}
+#endif
 
 namespace jit::cache::internal {
 
@@ -26,5 +36,39 @@ std::optional<EntryMeta> peek_meta(const uint8_t *buf, size_t len);
 
 // True when `meta` is selected by the version/encoder/age conditions of `spec` (not max_bytes).
 bool prune_selects(const PruneSpec &spec, const EntryMeta &meta);
+
+// The 16 bytes `key` is stored under in RocksDB: both halves big-endian, high first, so the byte
+// order of stored keys is the order of their hex().
+inline std::string key_bytes(const CacheKey &key) {
+  std::string out(16, '\0');
+  for (int i = 0; i < 8; ++i) {
+    out[i] = static_cast<char>(key.high() >> (56 - 8 * i));
+    out[8 + i] = static_cast<char>(key.low() >> (56 - 8 * i));
+  }
+  return out;
+}
+
+// The key stored under `bytes` (see key_bytes); nullopt unless it is 16 bytes long.
+inline std::optional<CacheKey> key_from_bytes(std::string_view bytes) {
+  if (bytes.size() != 16) return std::nullopt;
+  uint64_t hi = 0, lo = 0;
+  for (int i = 0; i < 8; ++i) {
+    hi = (hi << 8) | static_cast<uint8_t>(bytes[i]);
+    lo = (lo << 8) | static_cast<uint8_t>(bytes[8 + i]);
+  }
+  return CacheKey(hi, lo);
+}
+
+#ifdef JIT_HAVE_ROCKSDB
+// Prunes the RocksDB databases `dbs` (open read-write) as one store, in one scan of each: deletes
+// what `spec` selects, and every value that is not a readable entry under its key (counted in
+// metrics.corrupt, not in the result); then, with spec.max_bytes, the oldest entries of all of them
+// together until what is left is at most max_bytes (key + value bytes). Counts the removed entries
+// in metrics.evictions. Returns what was removed; `bytes_left`, when given, receives the exact bytes
+// left in each database, in the order of `dbs`. Never throws; a failed delete is retried by a later
+// prune.
+PruneResult prune_rocksdb(const std::vector<ROCKSDB_NAMESPACE::DB *> &dbs, const PruneSpec &spec, TierMetrics &metrics,
+                          std::vector<uint64_t> *bytes_left);
+#endif
 
 } // namespace jit::cache::internal

@@ -95,7 +95,8 @@ std::optional<EntryMeta> peek_meta(const uint8_t *buf, size_t len) {
 bool prune_selects(const PruneSpec &spec, const EntryMeta &meta) {
   if (spec.version && meta.version == *spec.version && (!spec.encoder || meta.encoder == *spec.encoder)) return true;
   if (spec.older_than_unix_ms && meta.created_ms < *spec.older_than_unix_ms) return true;
-  return false;
+  auto serving = spec.stale_except.find(meta.encoder);
+  return serving != spec.stale_except.end() && serving->second != meta.version;
 }
 
 } // namespace internal

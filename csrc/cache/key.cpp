@@ -1,13 +1,16 @@
 // CacheKey: 128-bit XXH3 over length-prefixed fields, so that no two different (encoder, version,
 // params, inputs) tuples frame to the same byte stream.
 //
-// The framing (all integers little-endian u64 unless noted) is part of the on-disk contract: a
-// change to it changes every key, which is safe (old entries simply miss) but empties every cache.
-//   domain tag "jit-cache-key/v1" (length-prefixed), then a kind byte: 'I' inputs, 'S' sample key
-//   field(encoder) field(version)
-//   'I': field(params) u64(count) then per input, in name order:
-//        field(name) field(dtype name) u64(rank) i64(dim)... field(data)
-//   'S': field(sample key)
+// A key is two hashes: the sample's content digest (what a client can compute without knowing the
+// encoder's version), then that digest bound to the encoder and its version (which only the
+// server knows for sure). The framing (all integers little-endian u64 unless noted) is part of
+// the on-disk contract: a change to it changes every key, which is safe (old entries simply
+// miss) but empties every cache.
+//   content: domain tag "jit-cache-key/v2" (length-prefixed), then a kind byte:
+//     'I' inputs: field(params) u64(count) then per input, in name order:
+//          field(name) field(dtype name) u64(rank) i64(dim)... field(data)
+//     'S' sample key: field(sample key)
+//   key: domain tag, 'B', field(encoder) field(version) u64(content high) u64(content low)
 // where field(x) = u64(len(x)) followed by the bytes of x.
 #include <algorithm>
 #include <cstring>
@@ -23,7 +26,7 @@ namespace jit::cache {
 
 namespace {
 
-constexpr std::string_view kDomain = "jit-cache-key/v1";
+constexpr std::string_view kDomain = "jit-cache-key/v2";
 
 class KeyHasher {
 public:
@@ -61,52 +64,127 @@ private:
   XXH3_state_t *state_ = nullptr;
 };
 
-} // namespace
+// One input of a sample as it is hashed: its row shape and the (possibly strided) bytes of it.
+struct RowInput {
+  const TensorView *tensor;
+  Shape shape;                                         // without the batch dimension, seq dim cut
+  std::vector<std::pair<const char *, size_t>> chunks; // the row's bytes, in C order
+  size_t nbytes = 0;
+};
 
-CacheKey CacheKey::for_inputs(std::string_view encoder, std::string_view version, std::string_view params,
-                              const std::vector<TensorView> &inputs) {
-  std::vector<const TensorView *> sorted;
-  sorted.reserve(inputs.size());
-  for (const auto &t : inputs)
-    sorted.push_back(&t);
-  std::sort(sorted.begin(), sorted.end(), [](const TensorView *a, const TensorView *b) { return a->name < b->name; });
-  for (size_t i = 0; i < sorted.size(); ++i) {
-    const TensorView &t = *sorted[i];
-    if (i > 0 && sorted[i - 1]->name == t.name)
-      throw CacheError("duplicate input name '" + t.name + "' in a cache key");
-    auto numel = shape_numel(t.shape);
-    if (!numel || *numel * dtype_itemsize(t.dtype) != t.nbytes)
-      throw CacheError("input '" + t.name + "': " + std::to_string(t.nbytes) +
-                       " bytes do not match its shape and dtype");
-    if (t.nbytes > 0 && t.data == nullptr) throw CacheError("input '" + t.name + "' has no data");
+void check_tensor(const TensorView &t) {
+  auto numel = shape_numel(t.shape);
+  if (!numel || *numel * dtype_itemsize(t.dtype) != t.nbytes)
+    throw CacheError("input '" + t.name + "': " + std::to_string(t.nbytes) + " bytes do not match its shape and dtype");
+  if (t.nbytes > 0 && t.data == nullptr) throw CacheError("input '" + t.name + "' has no data");
+}
+
+CacheKey hash_content(std::string_view params, std::vector<RowInput> &inputs) {
+  std::sort(inputs.begin(), inputs.end(),
+            [](const RowInput &a, const RowInput &b) { return a.tensor->name < b.tensor->name; });
+  for (size_t i = 1; i < inputs.size(); ++i) {
+    if (inputs[i - 1].tensor->name == inputs[i].tensor->name)
+      throw CacheError("duplicate input name '" + inputs[i].tensor->name + "' in a cache key");
   }
-
   KeyHasher h;
   h.field(kDomain);
   h.byte('I');
-  h.field(encoder);
-  h.field(version);
   h.field(params);
-  h.u64(sorted.size());
-  for (const TensorView *t : sorted) {
-    h.field(t->name);
-    h.field(dtype_name(t->dtype));
-    h.u64(t->shape.size());
-    for (int64_t d : t->shape)
+  h.u64(inputs.size());
+  for (const RowInput &in : inputs) {
+    h.field(in.tensor->name);
+    h.field(dtype_name(in.tensor->dtype));
+    h.u64(in.shape.size());
+    for (int64_t d : in.shape)
       h.u64(static_cast<uint64_t>(d));
-    h.field(t->data, t->nbytes);
+    h.u64(in.nbytes);
+    for (const auto &[p, n] : in.chunks)
+      h.raw(p, n);
   }
   return h.digest();
 }
 
-CacheKey CacheKey::for_sample_key(std::string_view encoder, std::string_view version, std::string_view sample_key) {
+} // namespace
+
+CacheKey CacheKey::content_of_inputs(std::string_view params, const std::vector<TensorView> &inputs) {
+  std::vector<RowInput> rows;
+  rows.reserve(inputs.size());
+  for (const TensorView &t : inputs) {
+    check_tensor(t);
+    rows.push_back({&t, t.shape, {{static_cast<const char *>(t.data), t.nbytes}}, t.nbytes});
+  }
+  return hash_content(params, rows);
+}
+
+CacheKey CacheKey::content_of_row(std::string_view params, const std::vector<TensorView> &inputs, int64_t row,
+                                  const std::vector<int> &seq_dims, int64_t length) {
+  if (!seq_dims.empty() && seq_dims.size() != inputs.size())
+    throw CacheError("content_of_row: seq_dims must be empty or one per input");
+  std::vector<RowInput> rows;
+  rows.reserve(inputs.size());
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const TensorView &t = inputs[i];
+    check_tensor(t);
+    if (t.shape.empty() || row < 0 || row >= t.shape[0])
+      throw CacheError("input '" + t.name + "' has no row " + std::to_string(row));
+    RowInput in{&t, Shape(t.shape.begin() + 1, t.shape.end()), {}, 0};
+    const size_t row_bytes = t.nbytes / static_cast<size_t>(t.shape[0]);
+    const char *base = static_cast<const char *>(t.data) + static_cast<size_t>(row) * row_bytes;
+    const int sd = seq_dims.empty() ? -1 : seq_dims[i];
+    if (sd < 1 || length < 0 || length == t.shape[static_cast<size_t>(sd)]) {
+      in.chunks.push_back({base, row_bytes});
+      in.nbytes = row_bytes;
+    } else {
+      if (static_cast<size_t>(sd) >= t.shape.size())
+        throw CacheError("input '" + t.name + "': seq_dim " + std::to_string(sd) + " is past its rank");
+      const int64_t padded = t.shape[static_cast<size_t>(sd)];
+      if (length > padded)
+        throw CacheError("input '" + t.name + "': length " + std::to_string(length) + " is past its padded length " +
+                         std::to_string(padded));
+      // Row shape [outer..., padded, inner...]: the first `length` of every `padded` run.
+      size_t outer = 1, inner = dtype_itemsize(t.dtype);
+      for (int d = 1; d < sd; ++d)
+        outer *= static_cast<size_t>(t.shape[static_cast<size_t>(d)]);
+      for (size_t d = static_cast<size_t>(sd) + 1; d < t.shape.size(); ++d)
+        inner *= static_cast<size_t>(t.shape[d]);
+      const size_t keep = static_cast<size_t>(length) * inner, stride = static_cast<size_t>(padded) * inner;
+      for (size_t o = 0; o < outer; ++o) {
+        if (keep > 0) in.chunks.push_back({base + o * stride, keep});
+      }
+      in.nbytes = outer * keep;
+      in.shape[static_cast<size_t>(sd) - 1] = length;
+    }
+    rows.push_back(std::move(in));
+  }
+  return hash_content(params, rows);
+}
+
+CacheKey CacheKey::content_of_sample_key(std::string_view sample_key) {
   KeyHasher h;
   h.field(kDomain);
   h.byte('S');
-  h.field(encoder);
-  h.field(version);
   h.field(sample_key);
   return h.digest();
+}
+
+CacheKey CacheKey::bind(std::string_view encoder, std::string_view version, const CacheKey &content) {
+  KeyHasher h;
+  h.field(kDomain);
+  h.byte('B');
+  h.field(encoder);
+  h.field(version);
+  h.u64(content.high());
+  h.u64(content.low());
+  return h.digest();
+}
+
+CacheKey CacheKey::for_inputs(std::string_view encoder, std::string_view version, std::string_view params,
+                              const std::vector<TensorView> &inputs) {
+  return bind(encoder, version, content_of_inputs(params, inputs));
+}
+
+CacheKey CacheKey::for_sample_key(std::string_view encoder, std::string_view version, std::string_view sample_key) {
+  return bind(encoder, version, content_of_sample_key(sample_key));
 }
 
 std::string CacheKey::hex() const {

@@ -11,7 +11,6 @@
 #include <algorithm>
 #include <atomic>
 #include <mutex>
-#include <tuple>
 #include <vector>
 
 #include <rocksdb/cache.h>
@@ -22,26 +21,67 @@
 
 namespace jit::cache {
 
+namespace internal {
+
+PruneResult prune_rocksdb(const std::vector<rocksdb::DB *> &dbs, const PruneSpec &spec, TierMetrics &metrics,
+                          std::vector<uint64_t> *bytes_left) {
+  PruneResult res;
+  struct Kept {
+    int64_t created;
+    size_t db;
+    std::string key;
+    uint64_t size;
+  };
+  std::vector<Kept> kept;
+  std::vector<uint64_t> left(dbs.size(), 0);
+  std::vector<rocksdb::WriteBatch> batches(dbs.size());
+  uint64_t total = 0;
+  for (size_t d = 0; d < dbs.size(); ++d) {
+    std::unique_ptr<rocksdb::Iterator> it(dbs[d]->NewIterator(rocksdb::ReadOptions()));
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      rocksdb::Slice k = it->key(), v = it->value();
+      uint64_t size = k.size() + v.size();
+      auto meta = peek_meta(reinterpret_cast<const uint8_t *>(v.data()), v.size());
+      auto key = key_from_bytes(std::string_view(k.data(), k.size()));
+      if (!meta || !key || meta->key_hex != key->hex()) {
+        metrics.corrupt.inc();
+        batches[d].Delete(k);
+        continue;
+      }
+      if (prune_selects(spec, *meta)) {
+        batches[d].Delete(k);
+        res.entries += 1;
+        res.bytes += size;
+        continue;
+      }
+      kept.push_back({meta->created_ms, d, k.ToString(), size});
+      left[d] += size;
+      total += size;
+    }
+  }
+  if (spec.max_bytes && total > *spec.max_bytes) {
+    std::sort(kept.begin(), kept.end(), [](const Kept &a, const Kept &b) { return a.created < b.created; });
+    for (const Kept &k : kept) {
+      if (total <= *spec.max_bytes) break;
+      batches[k.db].Delete(k.key);
+      total -= k.size;
+      left[k.db] -= k.size;
+      res.entries += 1;
+      res.bytes += k.size;
+    }
+  }
+  for (size_t d = 0; d < dbs.size(); ++d)
+    if (batches[d].Count() > 0) dbs[d]->Write(rocksdb::WriteOptions(), &batches[d]);
+  metrics.evictions.inc(static_cast<double>(res.entries));
+  if (bytes_left) *bytes_left = std::move(left);
+  return res;
+}
+
+} // namespace internal
+
 namespace {
 
-std::string key_bytes(const CacheKey &key) {
-  std::string out(16, '\0');
-  for (int i = 0; i < 8; ++i) {
-    out[i] = static_cast<char>(key.high() >> (56 - 8 * i));
-    out[8 + i] = static_cast<char>(key.low() >> (56 - 8 * i));
-  }
-  return out;
-}
-
-std::optional<CacheKey> key_from_bytes(const rocksdb::Slice &s) {
-  if (s.size() != 16) return std::nullopt;
-  uint64_t hi = 0, lo = 0;
-  for (int i = 0; i < 8; ++i) {
-    hi = (hi << 8) | static_cast<uint8_t>(s.data()[i]);
-    lo = (lo << 8) | static_cast<uint8_t>(s.data()[8 + i]);
-  }
-  return CacheKey(hi, lo);
-}
+using internal::key_bytes;
 
 class RocksDbTier final : public Tier {
 public:
@@ -117,49 +157,10 @@ public:
   // spec.max_bytes. Recomputes the byte count exactly.
   PruneResult prune(const PruneSpec &spec) override {
     std::lock_guard<std::mutex> lock(prune_mu_);
-    PruneResult res;
-    struct Kept {
-      int64_t created;
-      std::string key;
-      uint64_t size;
-    };
-    std::vector<Kept> kept;
-    uint64_t total = 0;
-    rocksdb::WriteBatch batch;
-    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
-    for (it->SeekToFirst(); it->Valid(); it->Next()) {
-      rocksdb::Slice k = it->key(), v = it->value();
-      uint64_t size = k.size() + v.size();
-      auto meta = internal::peek_meta(reinterpret_cast<const uint8_t *>(v.data()), v.size());
-      auto key = key_from_bytes(k);
-      if (!meta || !key || meta->key_hex != key->hex()) {
-        metrics_.corrupt.inc();
-        batch.Delete(k);
-        continue;
-      }
-      if (internal::prune_selects(spec, *meta)) {
-        batch.Delete(k);
-        res.entries += 1;
-        res.bytes += size;
-        continue;
-      }
-      kept.push_back({meta->created_ms, k.ToString(), size});
-      total += size;
-    }
-    if (spec.max_bytes && total > *spec.max_bytes) {
-      std::sort(kept.begin(), kept.end(), [](const Kept &a, const Kept &b) { return a.created < b.created; });
-      for (const Kept &k : kept) {
-        if (total <= *spec.max_bytes) break;
-        batch.Delete(k.key);
-        total -= k.size;
-        res.entries += 1;
-        res.bytes += k.size;
-      }
-    }
-    if (batch.Count() > 0) db_->Write(rocksdb::WriteOptions(), &batch);
-    bytes_ = total;
-    metrics_.bytes.set(static_cast<double>(total));
-    metrics_.evictions.inc(static_cast<double>(res.entries));
+    std::vector<uint64_t> left;
+    PruneResult res = internal::prune_rocksdb({db_.get()}, spec, metrics_, &left);
+    bytes_ = left[0];
+    metrics_.bytes.set(static_cast<double>(left[0]));
     return res;
   }
 

@@ -111,7 +111,9 @@ TieredCache::TieredCache(std::vector<std::unique_ptr<Tier>> tiers, const CacheSe
 std::unique_ptr<TieredCache> TieredCache::from_settings(const CacheSettings &settings, metrics::Registry &registry) {
   std::vector<std::unique_ptr<Tier>> tiers;
   if (settings.memory_max_bytes > 0) tiers.push_back(make_memory_tier(settings, registry));
-  if (!settings.rocksdb_path.empty()) tiers.push_back(make_rocksdb_tier(settings, registry));
+  if (!settings.rocksdb_path.empty())
+    tiers.push_back(settings.rocksdb_shared ? make_shared_rocksdb_tier(settings, registry)
+                                            : make_rocksdb_tier(settings, registry));
   if (!settings.redis_url.empty()) tiers.push_back(make_redis_tier(settings, registry));
   return std::make_unique<TieredCache>(std::move(tiers), settings, registry);
 }

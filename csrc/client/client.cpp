@@ -91,36 +91,20 @@ bool valid_encoder_name(const std::string &name) {
 
 } // namespace
 
-// What one process owns. In a forked child the parent's State is leaked untouched and a new one
-// is built (Client::state()).
-struct Client::State {
-  explicit State(const ClientOptions &options);
-  ~State();
-
-  void post(std::function<void()> task);
-  // The retry loop (client.h, "Retries"): the first 200 exchange, or throws ClientError.
-  Exchange call(const std::string &method, const std::string &path, const std::string &body, const std::string &key,
-                const std::string &encoder, Clock::time_point deadline,
-                std::chrono::system_clock::time_point deadline_sys, std::string *endpoint, int *attempts);
-  Response run(const std::string &encoder, const std::string &frame, const std::string &key, Clock::time_point started,
-               std::chrono::system_clock::time_point deadline_sys);
-
-  const pid_t pid;
-  const ClientOptions &options;
-  std::vector<std::unique_ptr<Endpoint>> endpoints;
-  std::unique_ptr<Balancer> balancer;
-
-  std::mutex mu; // guards tasks and stop
-  std::condition_variable cv;
-  std::deque<std::function<void()>> tasks;
-  bool stop = false;
-  std::vector<std::thread> workers;
-
-  std::mutex rng_mu;
-  std::mt19937_64 rng;
-};
-
 Client::State::State(const ClientOptions &opts) : pid(getpid()), options(opts), rng(std::random_device{}()) {
+  if (!options.local_cache_dir.empty()) {
+    cache::CacheSettings s;
+    s.memory_max_bytes = options.local_cache_memory_bytes;
+    s.rocksdb_path = options.local_cache_dir;
+    s.rocksdb_shared = true; // every DataLoader worker of the node opens the same folder
+    s.rocksdb_max_bytes = options.local_cache_max_bytes;
+    try {
+      local = cache::TieredCache::from_settings(s, local_metrics);
+    } catch (const cache::CacheError &e) {
+      throw ClientError(ClientError::Kind::kInvalid, "", "", 0, "",
+                        std::string("jit-embedding client: local cache: ") + e.what());
+    }
+  }
   std::vector<Endpoint *> raw;
   for (const std::string &e : options.endpoints) {
     auto [host, port] = parse_endpoint(e);
@@ -339,6 +323,25 @@ Response Client::encode(const std::string &encoder, std::string frame, const std
   return submit(encoder, std::move(frame), key, deadline).get();
 }
 
+std::future<RowsResponse> Client::submit_rows(RowsRequest request) {
+  if (!valid_encoder_name(request.encoder)) {
+    throw ClientError(ClientError::Kind::kInvalid, "", request.encoder, 0, "",
+                      "jit-embedding client: bad encoder name '" + request.encoder + "'");
+  }
+  if (request.rows.empty()) {
+    throw ClientError(ClientError::Kind::kInvalid, "", request.encoder, 0, "",
+                      "jit-embedding client: submit_rows with no rows");
+  }
+  const Clock::time_point started = Clock::now();
+  const auto deadline_sys = request.deadline.value_or(std::chrono::system_clock::now() + options_.timeout);
+  State &s = state();
+  auto task = std::make_shared<std::packaged_task<RowsResponse()>>(
+      [&s, request = std::move(request), started, deadline_sys] { return s.run_rows(request, started, deadline_sys); });
+  std::future<RowsResponse> future = task->get_future();
+  s.post([task] { (*task)(); });
+  return future;
+}
+
 std::string Client::encoders_json(std::optional<std::chrono::system_clock::time_point> deadline) {
   const Clock::time_point started = Clock::now();
   const auto deadline_sys = deadline.value_or(std::chrono::system_clock::now() + options_.timeout);
@@ -352,8 +355,12 @@ std::string Client::encoders_json(std::optional<std::chrono::system_clock::time_
 
 ClientStats Client::stats() const {
   ClientStats out;
-  for (const auto &ep : state().endpoints)
+  const State &s = state();
+  for (const auto &ep : s.endpoints)
     out.endpoints.push_back(ep->snapshot());
+  out.rows_local_cache = s.rows_local.load();
+  out.rows_server_cache = s.rows_server_cache.load();
+  out.rows_computed = s.rows_computed.load();
   return out;
 }
 

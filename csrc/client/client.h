@@ -52,6 +52,7 @@
 #include <string>
 #include <vector>
 
+#include "client/cache_first.h"
 #include "codec/codec.h"
 #include "common/types.h"
 
@@ -100,6 +101,16 @@ struct ClientOptions {
   size_t workers = 16;                             // threads running submitted requests
   std::chrono::milliseconds connect_timeout{2000}; // per TCP connect (also capped by the deadline)
   codec::DecodeOptions decode;                     // applied to every response frame
+
+  // The local cache of submit_rows() (client/cache_first.h): a RocksDB folder that every process
+  // of this node may share at once (DataLoader workers, later jobs), behind a per-process LRU.
+  std::string local_cache_dir;                             // "": no local cache
+  uint64_t local_cache_max_bytes = uint64_t{16} << 30;     // the folder's size limit
+  uint64_t local_cache_memory_bytes = uint64_t{256} << 20; // this process's LRU; 0: none
+  // Local hits are served only while a server confirmed the encoder's version this recently
+  // (every lookup and encode answer confirms it): the bound on serving an old version locally
+  // after an in-place update.
+  std::chrono::milliseconds local_cache_version_ttl{1000};
 };
 
 // One answered request. `frame` aliases `body` (uncompressed payloads point into it), so keep the
@@ -133,12 +144,15 @@ struct EndpointStats {
 
 struct ClientStats {
   std::vector<EndpointStats> endpoints; // in ClientOptions::endpoints order
+  // Rows of submit_rows() by where their outputs came from.
+  uint64_t rows_local_cache = 0, rows_server_cache = 0, rows_computed = 0;
 };
 
 class Client {
 public:
   // Validates the options (ClientError kInvalid: no endpoints, a malformed endpoint, an unknown
-  // balancer, retries < 0, zero connections or workers). Connects nothing yet.
+  // balancer, retries < 0, zero connections or workers, a local cache folder that cannot be
+  // opened). Connects nothing yet.
   explicit Client(ClientOptions options);
   // Stops the workers and the health thread (waiting for requests in flight) and closes the
   // connections; in a forked child, abandons them instead (see the file comment).
@@ -161,6 +175,12 @@ public:
   // submit(...).get() on the calling thread: the Response, or throws ClientError.
   Response encode(const std::string &encoder, std::string frame, const std::string &key = "",
                   std::optional<std::chrono::system_clock::time_point> deadline = std::nullopt);
+
+  // Sends `request`'s rows cache-first (client/cache_first.h) on a worker thread. The future
+  // yields every row's outputs or throws ClientError (kInvalid: rows with different input names,
+  // keys not one per row, tensors that do not stack). Throws ClientError kInvalid at once for an
+  // empty encoder name or no rows.
+  std::future<RowsResponse> submit_rows(RowsRequest request);
 
   // GET /v1/encoders from a healthy endpoint (with the same retries and deadline rules): the JSON
   // body as is, {"encoders": [...]}. Throws ClientError.

@@ -3,7 +3,10 @@
 //   connection_pool.cpp  Endpoint: a pool of keep-alive connections and one HTTP exchange on it
 //   balancer.cpp         Balancer: picking an endpoint, ejection, and the health-probe thread
 //   client.cpp           Client and its per-process State: workers, retries, deadlines, stats
+//   cache_first.cpp      submit_rows(): digests, local cache, lookup, encode of the misses
 #pragma once
+
+#include <sys/types.h>
 
 #include <atomic>
 #include <chrono>
@@ -11,14 +14,18 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "cache/cache.h"
 #include "client/client.h"
+#include "common/metrics.h"
 
 namespace httplib {
 class ClientImpl;
@@ -108,6 +115,48 @@ private:
   std::condition_variable cv_;
   bool stop_ = false;
   std::thread prober_;
+};
+
+// What one process owns. In a forked child the parent's State is leaked untouched and a new one
+// is built (Client::state()).
+struct Client::State {
+  explicit State(const ClientOptions &options);
+  ~State();
+
+  void post(std::function<void()> task);
+  // The retry loop (client.h, "Retries"): the first 200 exchange, or throws ClientError.
+  Exchange call(const std::string &method, const std::string &path, const std::string &body, const std::string &key,
+                const std::string &encoder, Clock::time_point deadline,
+                std::chrono::system_clock::time_point deadline_sys, std::string *endpoint, int *attempts);
+  Response run(const std::string &encoder, const std::string &frame, const std::string &key, Clock::time_point started,
+               std::chrono::system_clock::time_point deadline_sys);
+  // submit_rows() on a worker thread (cache_first.cpp).
+  RowsResponse run_rows(const RowsRequest &request, Clock::time_point started,
+                        std::chrono::system_clock::time_point deadline_sys);
+  // The version of `encoder` a server answered within local_cache_version_ttl, if any.
+  std::optional<std::string> fresh_version(const std::string &encoder);
+  void confirm_version(const std::string &encoder, const std::string &version);
+
+  const pid_t pid;
+  const ClientOptions &options;
+  std::vector<std::unique_ptr<Endpoint>> endpoints;
+  std::unique_ptr<Balancer> balancer;
+
+  std::mutex mu; // guards tasks and stop
+  std::condition_variable cv;
+  std::deque<std::function<void()>> tasks;
+  bool stop = false;
+  std::vector<std::thread> workers;
+
+  std::mutex rng_mu;
+  std::mt19937_64 rng;
+
+  // The local cache (ClientOptions::local_cache_dir): this process's own tiers over the shared folder.
+  metrics::Registry local_metrics;
+  std::unique_ptr<cache::TieredCache> local;
+  std::mutex versions_mu;
+  std::map<std::string, std::pair<std::string, Clock::time_point>> versions; // encoder -> (version, confirmed)
+  std::atomic<uint64_t> rows_local{0}, rows_server_cache{0}, rows_computed{0};
 };
 
 // 64-bit FNV-1a followed by a murmur finaliser: the rendezvous score of (key, endpoint).

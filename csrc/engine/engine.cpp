@@ -1,5 +1,7 @@
 #include "engine/engine.h"
 
+#include "common/rows.h"
+
 #include <algorithm>
 #include <cstring>
 #include <thread>
@@ -89,65 +91,6 @@ std::string check_inputs(const std::string &encoder, const EncoderSpec &spec, co
     signature += std::string(dtype_name(t.dtype)) + shape_text(key) + ";";
   }
   return signature;
-}
-
-// Writes `count` elements of `value` converted to `dtype` (the pad value of a token input).
-void fill_value(DType dtype, void *dst, size_t count, int64_t value) {
-  auto fill = [&](auto v) {
-    auto *p = static_cast<decltype(v) *>(dst);
-    std::fill(p, p + count, v);
-  };
-  switch (dtype) {
-  case DType::kFloat32: return fill(static_cast<float>(value));
-  case DType::kInt8: return fill(static_cast<int8_t>(value));
-  case DType::kUInt8:
-  case DType::kBool: return fill(static_cast<uint8_t>(value));
-  case DType::kInt16: return fill(static_cast<int16_t>(value));
-  case DType::kInt32: return fill(static_cast<int32_t>(value));
-  case DType::kInt64: return fill(static_cast<int64_t>(value));
-  default:
-    if (value != 0)
-      throw ExecutorError("cannot pad a " + std::string(dtype_name(dtype)) + " input with a non-zero value");
-    std::memset(dst, 0, count * dtype_itemsize(dtype));
-  }
-}
-
-// Bytes of one sample of `shape` split around `dim`: outer rows before it, inner bytes after it.
-void split_at(const Shape &shape, int dim, size_t itemsize, size_t &outer, size_t &inner) {
-  outer = 1;
-  inner = itemsize;
-  for (int d = 1; d < dim; ++d)
-    outer *= static_cast<size_t>(shape[d]);
-  for (size_t d = dim + 1; d < shape.size(); ++d)
-    inner *= static_cast<size_t>(shape[d]);
-}
-
-// Copies `src` ([samples, ..., len at dim, ...]) into `dst` ([samples, ..., target at dim, ...]),
-// which already holds the pad value: each row keeps its tokens first, padding after.
-void copy_padded(const Tensor &src, int dim, int64_t target, uint8_t *dst) {
-  size_t outer, inner;
-  split_at(src.shape, dim, dtype_itemsize(src.dtype), outer, inner);
-  const size_t len = static_cast<size_t>(src.shape[dim]);
-  const auto *in = static_cast<const uint8_t *>(src.data);
-  const size_t rows = static_cast<size_t>(src.shape[0]) * outer;
-  for (size_t r = 0; r < rows; ++r)
-    std::memcpy(dst + r * target * inner, in + r * len * inner, len * inner);
-}
-
-// The inverse for an output: rows [row0, row0 + samples) of `out`, cut to `len` along `dim`.
-Tensor cut_rows(const Tensor &out, int dim, size_t row0, size_t samples, int64_t len) {
-  Shape shape = out.shape;
-  shape[0] = static_cast<int64_t>(samples);
-  shape[dim] = len;
-  Tensor t = make_tensor(out.name, out.dtype, shape);
-  size_t outer, inner;
-  split_at(out.shape, dim, dtype_itemsize(out.dtype), outer, inner);
-  const size_t full = static_cast<size_t>(out.shape[dim]);
-  const auto *in = static_cast<const uint8_t *>(out.data) + row0 * outer * full * inner;
-  auto *dst = static_cast<uint8_t *>(const_cast<void *>(t.data));
-  for (size_t r = 0; r < samples * outer; ++r)
-    std::memcpy(dst + r * len * inner, in + r * full * inner, len * inner);
-  return t;
 }
 
 } // namespace
@@ -252,24 +195,11 @@ private:
           continue;
         }
         const int dim = spec.inputs[i].seq_dim;
-        const bool padded = dim >= 1 && seq_len >= 0;
-        Shape shape = first.shape;
-        shape[0] = static_cast<int64_t>(total);
-        if (padded) shape[dim] = seq_len;
-        Tensor stacked = make_tensor(first.name, first.dtype, shape);
-        auto *dst = static_cast<uint8_t *>(const_cast<void *>(stacked.data));
-        const size_t numel = stacked.nbytes / dtype_itemsize(stacked.dtype);
-        if (padded && spec.inputs[i].pad_value != 0) fill_value(stacked.dtype, dst, numel, spec.inputs[i].pad_value);
-        for (Job *j : jobs) {
-          const Tensor &t = j->inputs[i];
-          if (padded && t.shape[dim] != seq_len) {
-            copy_padded(t, dim, seq_len, dst);
-            dst += t.nbytes / t.shape[dim] * seq_len;
-            continue;
-          }
-          if (t.nbytes) std::memcpy(dst, t.data, t.nbytes);
-          dst += t.nbytes;
-        }
+        std::vector<TensorView> parts;
+        parts.reserve(jobs.size());
+        for (Job *j : jobs)
+          parts.push_back(j->inputs[i].view());
+        Tensor stacked = concat_rows(first.name, parts, seq_len >= 0 ? dim : -1, spec.inputs[i].pad_value);
         b.inputs.push_back(std::move(stacked));
       }
       EncoderOutput out = exec_->run(b);
@@ -304,7 +234,7 @@ private:
           const int dim = spec.outputs[k].seq_dim;
           if (dim >= 1 && j->seq_len >= 0 && j->seq_len != seq_len) {
             // This request was padded: hand back only its own positions.
-            r.outputs.push_back(cut_rows(o, dim, row, j->samples, j->seq_len));
+            r.outputs.push_back(slice_rows(o, row, j->samples, dim, j->seq_len));
             continue;
           }
           size_t row_bytes = o.nbytes / total;
@@ -394,6 +324,13 @@ std::vector<EncoderInfo> Engine::encoders() const {
   for (const auto &[name, d] : deployments_)
     out.push_back(d->info());
   return out;
+}
+
+std::optional<EncoderInfo> Engine::info(const std::string &name) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = deployments_.find(name);
+  if (it == deployments_.end()) return std::nullopt;
+  return it->second->info();
 }
 
 void Engine::drain() {

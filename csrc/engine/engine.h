@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -89,6 +90,8 @@ public:
                              Clock::time_point deadline = Clock::time_point::max());
 
   std::vector<EncoderInfo> encoders() const;
+  // The encoder serving `name` now (its version and spec), or nullopt when none does.
+  std::optional<EncoderInfo> info(const std::string &name) const;
 
   // Stops admissions, finishes every queued request, and joins all executor threads.
   void drain();

@@ -65,13 +65,24 @@ PYBIND11_MODULE(_C, m) {
       .def("result", &python::PyClientFuture::result,
            "Wait (GIL released) up to timeout_s; (entries, meta, endpoint, attempts, latency_s).",
            py::arg("timeout_s") = py::none());
+  py::class_<python::PyRowsFuture>(m, "RowsFuture", "A submit_rows request; see jit_embedding.client.RowsFuture.")
+      .def("done", &python::PyRowsFuture::done, "Whether the answer or the error is in.")
+      .def("result", &python::PyRowsFuture::result,
+           "Wait (GIL released); (rows, sources, version, endpoint, exchanges, bytes_sent, latency_s).",
+           py::arg("timeout_s") = py::none());
   py::class_<python::PyClient>(m, "Client", "The native client; see jit_embedding.client.EmbeddingClient.")
       .def(py::init<std::vector<std::string>, double, int, std::optional<std::string>, std::string, double, double,
-                    double, size_t, size_t, double>(),
+                    double, size_t, size_t, double, std::string, uint64_t, uint64_t, double>(),
            "Options as in csrc/client/client.h, durations in seconds.", py::arg("endpoints"), py::arg("timeout_s"),
            py::arg("retries"), py::arg("auth_token"), py::arg("balancer"), py::arg("health_interval_s"),
            py::arg("backoff_base_s"), py::arg("backoff_max_s"), py::arg("max_connections_per_endpoint"),
-           py::arg("workers"), py::arg("connect_timeout_s"))
+           py::arg("workers"), py::arg("connect_timeout_s"), py::arg("local_cache_dir") = "",
+           py::arg("local_cache_max_bytes") = uint64_t{16} << 30,
+           py::arg("local_cache_memory_bytes") = uint64_t{256} << 20, py::arg("local_cache_version_ttl_s") = 1.0)
+      .def("submit_rows", &python::PyClient::submit_rows, "Submit rows cache-first (csrc/client/cache_first.h).",
+           py::arg("encoder"), py::arg("rows"), py::arg("keys"), py::arg("params"), py::arg("token_inputs"),
+           py::arg("seq_outputs"), py::arg("cache"), py::arg("affinity_key"), py::arg("deadline"))
+      .def("cache_stats", &python::PyClient::cache_stats, "submit_rows rows by source (local, server cache, computed).")
       .def("submit", &python::PyClient::submit, "Submit a request frame; deadline in epoch seconds.",
            py::arg("encoder"), py::arg("frame"), py::arg("key"), py::arg("deadline"))
       .def("encoders_json", &python::PyClient::encoders_json, "GET /v1/encoders from a healthy endpoint.",

@@ -3,6 +3,8 @@
 #include <pybind11/stl.h>
 
 #include <chrono>
+#include <cstring>
+#include <tuple>
 
 #include "python/py_codec.h"
 
@@ -68,7 +70,8 @@ py::tuple PyClientFuture::result(std::optional<double> timeout_s) const {
 PyClient::PyClient(std::vector<std::string> endpoints, double timeout_s, int retries,
                    std::optional<std::string> auth_token, std::string balancer, double health_interval_s,
                    double backoff_base_s, double backoff_max_s, size_t max_connections_per_endpoint, size_t workers,
-                   double connect_timeout_s) {
+                   double connect_timeout_s, std::string local_cache_dir, uint64_t local_cache_max_bytes,
+                   uint64_t local_cache_memory_bytes, double local_cache_version_ttl_s) {
   client::ClientOptions o;
   o.endpoints = std::move(endpoints);
   o.timeout = ms(timeout_s);
@@ -81,6 +84,10 @@ PyClient::PyClient(std::vector<std::string> endpoints, double timeout_s, int ret
   o.max_connections_per_endpoint = max_connections_per_endpoint;
   o.workers = workers;
   o.connect_timeout = ms(connect_timeout_s);
+  o.local_cache_dir = std::move(local_cache_dir);
+  o.local_cache_max_bytes = local_cache_max_bytes;
+  o.local_cache_memory_bytes = local_cache_memory_bytes;
+  o.local_cache_version_ttl = ms(local_cache_version_ttl_s);
   client_ = std::make_unique<client::Client>(std::move(o));
 }
 
@@ -92,6 +99,90 @@ PyClientFuture PyClient::submit(const std::string &encoder, const py::buffer &fr
     bytes.assign(reinterpret_cast<const char *>(lease.data()), lease.size());
   }
   return PyClientFuture(client_->submit(encoder, std::move(bytes), key, to_deadline(deadline)));
+}
+
+bool PyRowsFuture::done() const {
+  return future_.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
+}
+
+py::tuple PyRowsFuture::result(std::optional<double> timeout_s) const {
+  {
+    py::gil_scoped_release nogil;
+    if (timeout_s) {
+      if (future_.wait_for(std::chrono::duration<double>(std::max(0.0, *timeout_s))) != std::future_status::ready) {
+        py::gil_scoped_acquire gil;
+        PyErr_SetString(PyExc_TimeoutError, "the request is still in flight");
+        throw py::error_already_set();
+      }
+    } else {
+      future_.wait();
+    }
+  }
+  const client::RowsResponse &r = future_.get(); // rethrows ClientError
+  py::list rows, sources;
+  for (size_t i = 0; i < r.outputs.size(); ++i) {
+    py::list entries;
+    for (const Tensor &t : r.outputs[i]) {
+      auto *data = static_cast<uint8_t *>(const_cast<void *>(t.data));
+      // Shares the answer body (or cache entry) the tensor points into: no copy.
+      std::shared_ptr<uint8_t[]> keep(t.owner, data);
+      entries.append(py::make_tuple(t.name, std::string(dtype_name(t.dtype)), py::cast(t.shape),
+                                    py::cast(FrameBuffer{keep, nullptr, data, t.nbytes}), 0, t.nbytes));
+    }
+    rows.append(entries);
+    sources.append(static_cast<int>(r.sources[i]));
+  }
+  return py::make_tuple(rows, sources, r.version, r.endpoint, r.exchanges, r.bytes_sent,
+                        std::chrono::duration<double>(r.latency).count());
+}
+
+PyRowsFuture PyClient::submit_rows(const std::string &encoder, const py::list &rows, std::vector<std::string> keys,
+                                   const py::bytes &params, std::map<std::string, std::pair<int, int64_t>> token_inputs,
+                                   std::map<std::string, int> seq_outputs, const std::string &cache,
+                                   const std::string &affinity_key, std::optional<double> deadline) {
+  client::RowsRequest req;
+  req.encoder = encoder;
+  if (cache == "use")
+    req.cache = client::CacheMode::kUse;
+  else if (cache == "refresh")
+    req.cache = client::CacheMode::kRefresh;
+  else if (cache == "bypass")
+    req.cache = client::CacheMode::kBypass;
+  else
+    throw py::value_error("cache must be 'use', 'refresh' or 'bypass', not '" + cache + "'");
+  for (const py::handle &row : rows) {
+    std::vector<Tensor> inputs;
+    for (const py::handle &item : row.cast<py::list>()) {
+      auto [name, dtype_text, shape, buf] = item.cast<std::tuple<std::string, std::string, Shape, py::object>>();
+      const auto dtype = dtype_from_name(dtype_text);
+      if (!dtype) throw py::value_error("unknown dtype '" + dtype_text + "' of input '" + name + "'");
+      BufferLease lease(buf.ptr(), PyBUF_SIMPLE);
+      // Owned copies: the rows outlive this call on a worker thread, which must not touch Python.
+      Tensor t = make_tensor(name, *dtype, shape);
+      if (t.nbytes != lease.size())
+        throw py::value_error("input '" + name + "': " + std::to_string(lease.size()) +
+                              " bytes do not match its shape and dtype");
+      if (t.nbytes) std::memcpy(const_cast<void *>(t.data), lease.data(), t.nbytes);
+      inputs.push_back(std::move(t));
+    }
+    req.rows.push_back(std::move(inputs));
+  }
+  req.keys = std::move(keys);
+  req.params = params;
+  req.spec.token_inputs = std::move(token_inputs);
+  req.spec.seq_outputs = std::move(seq_outputs);
+  req.affinity_key = affinity_key;
+  req.deadline = to_deadline(deadline);
+  return PyRowsFuture(client_->submit_rows(std::move(req)));
+}
+
+py::dict PyClient::cache_stats() const {
+  const client::ClientStats s = client_->stats();
+  py::dict d;
+  d["rows_local_cache"] = s.rows_local_cache;
+  d["rows_server_cache"] = s.rows_server_cache;
+  d["rows_computed"] = s.rows_computed;
+  return d;
 }
 
 std::string PyClient::encoders_json(std::optional<double> deadline) {

@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 
 #include <future>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -33,12 +34,38 @@ private:
   std::shared_future<client::Response> future_;
 };
 
+// A submit_rows() request. result() blocks without the GIL.
+class PyRowsFuture {
+public:
+  explicit PyRowsFuture(std::future<client::RowsResponse> f) : future_(f.share()) {}
+  bool done() const;
+  // Waits as PyClientFuture::result does. Returns (rows, sources, version, endpoint, exchanges,
+  // bytes_sent, latency seconds): rows[r] is a list of (name, dtype, shape, buffer, offset,
+  // nbytes) entries of row r's outputs ([1, ...] each), aliasing the answers without a copy;
+  // sources[r] is 0 computed, 1 the server's cache, 2 the local cache.
+  py::tuple result(std::optional<double> timeout_s) const;
+
+private:
+  std::shared_future<client::RowsResponse> future_;
+};
+
 class PyClient {
 public:
   // Seconds in, milliseconds for client::ClientOptions. Raises ClientError for bad options.
   PyClient(std::vector<std::string> endpoints, double timeout_s, int retries, std::optional<std::string> auth_token,
            std::string balancer, double health_interval_s, double backoff_base_s, double backoff_max_s,
-           size_t max_connections_per_endpoint, size_t workers, double connect_timeout_s);
+           size_t max_connections_per_endpoint, size_t workers, double connect_timeout_s, std::string local_cache_dir,
+           uint64_t local_cache_max_bytes, uint64_t local_cache_memory_bytes, double local_cache_version_ttl_s);
+  // Copies every row's inputs ((name, dtype, shape, buffer) items, each [1, ...]) and submits
+  // them cache-first (client/cache_first.h). `token_inputs`: name -> (seq_dim, pad_value);
+  // `seq_outputs`: name -> seq_dim; `cache`: "use", "refresh" or "bypass". Raises ValueError for
+  // an unknown cache mode or dtype, ClientError for an invalid request.
+  PyRowsFuture submit_rows(const std::string &encoder, const py::list &rows, std::vector<std::string> keys,
+                           const py::bytes &params, std::map<std::string, std::pair<int, int64_t>> token_inputs,
+                           std::map<std::string, int> seq_outputs, const std::string &cache,
+                           const std::string &affinity_key, std::optional<double> deadline);
+  // {"rows_local_cache", "rows_server_cache", "rows_computed"}: submit_rows() rows by source.
+  py::dict cache_stats() const;
   // Copies `frame` (any buffer) and submits it; `deadline` is absolute, seconds since the Unix epoch.
   PyClientFuture submit(const std::string &encoder, const py::buffer &frame, const std::string &key,
                         std::optional<double> deadline);

@@ -41,13 +41,20 @@ ServerError load_failure(const std::string &name, const std::string &cause, Code
 
 App::App(ServerConfig config, ExecutorFactory factory)
     : config_(std::move(config)), factory_(std::move(factory)), engine_(&registry_) {
+  if (config_.cache.enabled) cache_ = std::make_unique<CacheService>(config_.cache, engine_, registry_);
   ServerHooks hooks;
   hooks.has_encoder = [this](const std::string &name) { return has_encoder(name); };
   hooks.encoders_json = [this] { return encoders_json(); };
   hooks.encode = [this](const std::string &name, const codec::DecodedFrame &frame,
                         std::optional<std::chrono::system_clock::time_point> deadline) {
+    if (cache_) return cache_->encode(name, cacheable(name), frame, deadline, codec::EncodeOptions{});
     return handle_encode(engine_, name, frame, deadline, codec::EncodeOptions{}, &registry_);
   };
+  if (cache_) {
+    hooks.cache_lookup = [this](const codec::DecodedFrame &frame) { return cache_->lookup(frame); };
+    hooks.cache_stats = [this] { return cache_->stats_json(); };
+    hooks.cache_prune = [this](const std::string &body) { return cache_->prune(body); };
+  }
   hooks.load_encoder = [this](const std::string &name, const std::string &body) {
     return handle_load_request(name, body);
   };
@@ -67,6 +74,12 @@ int App::start() {
   const int port = http_->start();
   http_->set_ready(true);
   return port;
+}
+
+bool App::cacheable(const std::string &name) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = entries_.find(name);
+  return it != entries_.end() && it->second.cache;
 }
 
 bool App::has_encoder(const std::string &name) const {

@@ -19,6 +19,9 @@
 //                               "instances": 1, "length_buckets": [16, 32]},
 //                  "queued_samples": 0}, ...]}
 // in name order; a load answers {"encoder": name, "version": new, "previous_version": old or null}.
+//
+// The embedding cache (config `cache:`, server/cache_service.h) sits in front of the engine for
+// every encoder whose entry does not say `cache: false`, and serves the /v1/cache/ routes.
 #pragma once
 
 #include <functional>
@@ -30,6 +33,7 @@
 #include "common/metrics.h"
 #include "engine/engine.h"
 #include "executor/executor.h"
+#include "server/cache_service.h"
 #include "server/config.h"
 #include "server/http_server.h"
 
@@ -47,7 +51,8 @@ struct LoadResult {
 
 class App {
 public:
-  // Builds the registry, engine and HTTP server from `config`; loads and binds nothing yet.
+  // Builds the registry, engine, cache and HTTP server from `config`; loads and binds nothing yet.
+  // Throws ServerError(kBadRequest) when a cache tier cannot be opened.
   App(ServerConfig config, ExecutorFactory factory);
   // Stops HTTP without a drain, then drains the engine.
   ~App();
@@ -83,10 +88,13 @@ public:
   const ServerConfig &config() const { return config_; }
   metrics::Registry &registry() { return registry_; }
   engine::Engine &engine() { return engine_; }
+  // The embedding cache; null when the config disables it.
+  CacheService *cache() { return cache_.get(); }
   HttpServer &http() { return *http_; }
 
 private:
   bool has_encoder(const std::string &name) const;
+  bool cacheable(const std::string &name) const; // the entry's `cache` setting
   static void check_name(const std::string &name);
   std::shared_ptr<std::mutex> load_lock(const std::string &name);
   // load() once the caller holds load_lock(name).
@@ -98,6 +106,7 @@ private:
   // then the registry the other two count into goes.
   metrics::Registry registry_;
   engine::Engine engine_;
+  std::unique_ptr<CacheService> cache_; // stores its last rows after HTTP has stopped
   std::unique_ptr<HttpServer> http_;
 
   mutable std::mutex mu_;                                    // guards the two maps below

@@ -132,7 +132,7 @@ std::string absolute_from(const std::string &p, const std::string &base_dir) {
 const std::vector<std::string> kEncoderKeys = {"name",           "artifact",  "factory",          "options",
                                                "device",         "dtype",     "max_batch_size",   "max_queue_delay_us",
                                                "max_queue_size", "instances", "intra_op_threads", "memory_budget_mb",
-                                               "length_buckets"};
+                                               "length_buckets", "cache"};
 
 // Applies one encoder map's keys to `e`. `artifact` is taken verbatim; callers resolve it.
 void apply_encoder_keys(const YAML::Node &n, const std::string &path, EncoderEntry &e, bool *saw_artifact,
@@ -189,6 +189,8 @@ void apply_encoder_keys(const YAML::Node &n, const std::string &path, EncoderEnt
         }
       }
       e.engine.length_buckets = std::move(buckets);
+    } else if (key == "cache") {
+      e.cache = boolean(v, at);
     }
   });
 }
@@ -266,6 +268,74 @@ void apply_server(const YAML::Node &n, const std::string &base_dir, ServerConfig
   });
 }
 
+uint64_t megabytes(const YAML::Node &n, const std::string &path) {
+  return static_cast<uint64_t>(integer(n, path, 0, int64_t{1} << 40, "a non-negative integer")) << 20;
+}
+
+void apply_cache(const YAML::Node &n, const std::string &base_dir, CacheConfig &c) {
+  cache::CacheSettings &s = c.settings;
+  const std::vector<std::string> keys = {"enabled",    "memory_mb",           "memory_shards",  "rocksdb",
+                                         "redis",      "write_queue_entries", "write_queue_mb", "max_entry_mb",
+                                         "pending_mb", "max_lookup_keys"};
+  for_each_key(n, "cache", keys, [&](const std::string &key, const YAML::Node &v) {
+    const std::string at = "cache." + key;
+    if (key == "enabled") {
+      c.enabled = boolean(v, at);
+    } else if (key == "memory_mb") {
+      s.memory_max_bytes = megabytes(v, at);
+    } else if (key == "memory_shards") {
+      s.memory_shards = static_cast<size_t>(integer(v, at, 1, 4096, "an integer in [1, 4096]"));
+    } else if (key == "write_queue_entries") {
+      s.write_queue_max_entries = static_cast<size_t>(positive(v, at));
+    } else if (key == "write_queue_mb") {
+      s.write_queue_max_bytes = megabytes(v, at);
+    } else if (key == "max_entry_mb") {
+      s.max_entry_bytes = megabytes(v, at);
+    } else if (key == "pending_mb") {
+      c.pending_bytes = megabytes(v, at);
+    } else if (key == "max_lookup_keys") {
+      c.max_lookup_keys = static_cast<size_t>(integer(v, at, 1, 65536, "an integer in [1, 65536]"));
+    } else if (key == "rocksdb") {
+      if (v.IsNull()) return;
+      for_each_key(v, at, {"path", "max_mb", "block_cache_mb"}, [&](const std::string &k, const YAML::Node &x) {
+        const std::string in = at + "." + k;
+        if (k == "path") {
+          const std::string p = x.IsNull() ? "" : text(x, in);
+          s.rocksdb_path = p.empty() ? "" : absolute_from(p, base_dir);
+        } else if (k == "max_mb") {
+          s.rocksdb_max_bytes = static_cast<uint64_t>(positive(x, in)) << 20;
+        } else {
+          s.rocksdb_block_cache_bytes = megabytes(x, in);
+        }
+      });
+    } else if (key == "redis") {
+      if (v.IsNull()) return;
+      const std::vector<std::string> redis_keys = {
+          "url", "pool_size", "connect_timeout_ms", "io_timeout_ms", "retry_after_ms", "ttl_s", "key_prefix"};
+      for_each_key(v, at, redis_keys, [&](const std::string &k, const YAML::Node &x) {
+        const std::string in = at + "." + k;
+        if (k == "url") {
+          s.redis_url = x.IsNull() ? "" : text(x, in);
+          if (!s.redis_url.empty() && s.redis_url.rfind("redis://", 0) != 0)
+            fail(in, "must start with redis://, got " + shown(x));
+        } else if (k == "pool_size") {
+          s.redis_pool_size = static_cast<size_t>(integer(x, in, 1, 1024, "an integer in [1, 1024]"));
+        } else if (k == "connect_timeout_ms") {
+          s.redis_connect_timeout_ms = static_cast<int>(integer(x, in, 1, 600000, "an integer in [1, 600000]"));
+        } else if (k == "io_timeout_ms") {
+          s.redis_io_timeout_ms = static_cast<int>(integer(x, in, 1, 600000, "an integer in [1, 600000]"));
+        } else if (k == "retry_after_ms") {
+          s.redis_retry_after_ms = static_cast<int>(integer(x, in, 0, 3600000, "an integer in [0, 3600000]"));
+        } else if (k == "ttl_s") {
+          s.redis_ttl_s = static_cast<uint64_t>(non_negative(x, in));
+        } else {
+          s.redis_key_prefix = text(x, in);
+        }
+      });
+    }
+  });
+}
+
 YAML::Node parse_yaml(const std::string &text, const char *what) {
   try {
     return YAML::Load(text);
@@ -290,9 +360,13 @@ ServerConfig parse_config(const std::string &yaml_text, const std::string &base_
   ServerConfig c;
   c.artifact_root = absolute_from(".", base_dir);
   if (root.IsNull()) return c;
-  for_each_key(root, "", {"server", "encoders"}, [&](const std::string &key, const YAML::Node &v) {
+  for_each_key(root, "", {"server", "encoders", "cache"}, [&](const std::string &key, const YAML::Node &v) {
     if (key == "server") {
       if (!v.IsNull()) apply_server(v, base_dir, c);
+      return;
+    }
+    if (key == "cache") {
+      if (!v.IsNull()) apply_cache(v, base_dir, c.cache);
       return;
     }
     if (v.IsNull()) return;

@@ -30,6 +30,28 @@
 //       intra_op_threads: 0
 //       memory_budget_mb: 0
 //       length_buckets: [16, 32, 64, 128, 256, 512]
+//       cache: true               # false: this encoder's outputs are never cached (non-deterministic)
+//   cache:                        # the embedding cache (server/cache_service.h); every key optional
+//     enabled: true
+//     memory_mb: 1024             # in-memory LRU over encoded entries; 0: none
+//     memory_shards: 16
+//     rocksdb:                    # local disk; no path: none
+//       path: /var/cache/jit      # relative to the config file's folder
+//       max_mb: 65536             # the oldest entries are pruned beyond this
+//       block_cache_mb: 64
+//     redis:                      # shared between hosts; no url: none
+//       url: redis://host:6379/0
+//       pool_size: 4
+//       connect_timeout_ms: 200
+//       io_timeout_ms: 500
+//       retry_after_ms: 1000      # after a failure Redis is skipped (misses) this long
+//       ttl_s: 604800             # 0: entries never expire
+//       key_prefix: "jit:"
+//     write_queue_entries: 1024   # writes waiting for RocksDB/Redis; more are dropped and counted
+//     write_queue_mb: 256
+//     max_entry_mb: 256           # larger entries are not cached
+//     pending_mb: 256             # computed outputs waiting to be encoded as entries
+//     max_lookup_keys: 4096       # keys per POST /v1/cache/lookup
 //
 // Every error is a ServerError whose message starts with the key's path, e.g.
 // "encoders[1].max_batch_size: must be a positive integer, got -3". Syntax errors, unknown keys,
@@ -41,6 +63,7 @@
 #include <string>
 #include <vector>
 
+#include "cache/cache.h"
 #include "engine/engine.h"
 #include "executor/manifest.h"
 #include "server/errors.h"
@@ -59,12 +82,22 @@ struct EncoderEntry {
   engine::EncoderConfig engine;    // batching, instances, length buckets
   int intra_op_threads = 0;        // CPU threads inside one forward; 0 = torch's default
   size_t memory_budget_bytes = 0;  // CUDA: refuse a load that needs more; 0 = no check
+  bool cache = true;               // outputs go through the server's cache (when it is enabled)
+};
+
+// The server's embedding cache, as configured (server/cache_service.h).
+struct CacheConfig {
+  bool enabled = true;
+  cache::CacheSettings settings;                // tiers, write queue, entry size limit
+  uint64_t pending_bytes = uint64_t{256} << 20; // computed outputs not yet encoded as entries
+  size_t max_lookup_keys = 4096;                // keys per POST /v1/cache/lookup
 };
 
 struct ServerConfig {
   ServerSettings server;
   std::string artifact_root; // absolute; "" = loading by artifact path is disabled
   std::vector<EncoderEntry> encoders;
+  CacheConfig cache;
 };
 
 // Parses config text. `base_dir` is the folder relative paths (artifacts, artifact_root) resolve

@@ -42,22 +42,15 @@ ServerError from_engine_error(const engine::EngineError &e) {
   return ServerError(S::kInternal, e.what());
 }
 
-std::string handle_encode(engine::Engine &engine, const std::string &encoder, const codec::DecodedFrame &frame,
-                          std::optional<std::chrono::system_clock::time_point> deadline,
-                          const codec::EncodeOptions &response_options, metrics::Registry *metrics) {
-  std::vector<Tensor> inputs;
-  inputs.reserve(frame.tensors.size());
-  for (const auto &t : frame.tensors) {
-    // Borrowed: the caller keeps the frame alive until the result is back (see the header).
-    inputs.push_back(Tensor{t.name, t.dtype, t.shape, nullptr, t.data, t.nbytes});
-  }
+std::future<engine::Result> submit_to_engine(engine::Engine &engine, const std::string &encoder,
+                                             std::vector<Tensor> inputs,
+                                             std::optional<std::chrono::system_clock::time_point> deadline,
+                                             metrics::Registry *metrics) {
   // The engine's deadlines run on the steady clock; X-Deadline-Ms is wall-clock time.
   engine::Clock::time_point steady_deadline = engine::Clock::time_point::max();
   if (deadline) steady_deadline = engine::Clock::now() + (*deadline - std::chrono::system_clock::now());
-
-  std::future<engine::Result> pending;
   try {
-    pending = engine.submit(encoder, std::move(inputs), steady_deadline);
+    return engine.submit(encoder, std::move(inputs), steady_deadline);
   } catch (const engine::EngineError &e) {
     ServerError err = from_engine_error(e);
     // Refused at admission, so the engine counted nothing. Unknown names are not counted per
@@ -70,37 +63,44 @@ std::string handle_encode(engine::Engine &engine, const std::string &encoder, co
     }
     throw err;
   }
-  engine::Result result;
+}
+
+engine::Result wait_for_engine(std::future<engine::Result> &pending) {
   try {
-    result = pending.get();
+    return pending.get();
   } catch (const engine::EngineError &e) {
     throw from_engine_error(e);
   }
+}
 
+std::string encode_response(const std::string &encoder, const std::string &version,
+                            const std::vector<TensorView> &outputs, const Timings &timings,
+                            const std::vector<int64_t> *cache_hits, const codec::EncodeOptions &response_options,
+                            metrics::Registry *metrics) {
   const auto t0 = std::chrono::steady_clock::now();
   msgpack::sbuffer sb;
   msgpack::packer<msgpack::sbuffer> pk(sb);
-  pk.pack_map(3);
+  pk.pack_map(cache_hits ? 4 : 3);
   pk.pack(std::string_view("encoder"));
   pk.pack(std::string_view(encoder));
   pk.pack(std::string_view("version"));
-  pk.pack(std::string_view(result.version));
+  pk.pack(std::string_view(version));
+  if (cache_hits) {
+    pk.pack(std::string_view("cache_hits"));
+    pk.pack(*cache_hits);
+  }
   pk.pack(std::string_view("timings"));
   pk.pack_map(4);
   pk.pack(std::string_view("queue_us"));
-  pk.pack_double(result.queue_us);
+  pk.pack_double(timings.queue_us);
   pk.pack(std::string_view("compute_us"));
-  pk.pack_double(result.compute_us);
+  pk.pack_double(timings.compute_us);
   pk.pack(std::string_view("batch_samples"));
-  pk.pack_uint64(result.batch_samples);
+  pk.pack_uint64(timings.batch_samples);
   pk.pack(std::string_view("serialize_us"));
   sb.write(reinterpret_cast<const char *>(kPlaceholder), sizeof kPlaceholder); // must stay last: see the patch
 
-  std::vector<TensorView> views;
-  views.reserve(result.outputs.size());
-  for (const auto &o : result.outputs)
-    views.push_back(o.view());
-  std::string out = codec::encode(views, std::string(sb.data(), sb.size()), response_options);
+  std::string out = codec::encode(outputs, std::string(sb.data(), sb.size()), response_options);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   patch_serialize_us(out, seconds * 1e6);
   if (metrics != nullptr) {
@@ -111,6 +111,29 @@ std::string handle_encode(engine::Engine &engine, const std::string &encoder, co
         .observe(seconds);
   }
   return out;
+}
+
+std::vector<Tensor> borrow_inputs(const codec::DecodedFrame &frame) {
+  std::vector<Tensor> inputs;
+  inputs.reserve(frame.tensors.size());
+  for (const auto &t : frame.tensors) {
+    // Borrowed: the caller keeps the frame alive until the result is back.
+    inputs.push_back(Tensor{t.name, t.dtype, t.shape, nullptr, t.data, t.nbytes});
+  }
+  return inputs;
+}
+
+std::string handle_encode(engine::Engine &engine, const std::string &encoder, const codec::DecodedFrame &frame,
+                          std::optional<std::chrono::system_clock::time_point> deadline,
+                          const codec::EncodeOptions &response_options, metrics::Registry *metrics) {
+  std::future<engine::Result> pending = submit_to_engine(engine, encoder, borrow_inputs(frame), deadline, metrics);
+  engine::Result result = wait_for_engine(pending);
+  std::vector<TensorView> views;
+  views.reserve(result.outputs.size());
+  for (const auto &o : result.outputs)
+    views.push_back(o.view());
+  return encode_response(encoder, result.version, views, {result.queue_us, result.compute_us, result.batch_samples},
+                         nullptr, response_options, metrics);
 }
 
 } // namespace jit::server

@@ -1,7 +1,8 @@
 // The request/response protocol of POST /v1/encode/{encoder}, over the engine.
 //
 // Request frame: one entry per encoder input, named as in the encoder's spec, each [samples, ...];
-// meta is optional ({"params": ..., "ids": ...} are reserved for later use and ignored today).
+// meta is optional; the cache's keys ("keys", "lengths", "params", "cache") are read by
+// server/cache_service.h, which runs in front of this handler when the cache is enabled.
 // Response frame: one entry per encoder output, in spec order, each [samples, ...], and meta
 //   {"encoder": name, "version": digest,
 //    "timings": {"queue_us", "compute_us", "batch_samples", "serialize_us"}}.
@@ -9,6 +10,7 @@
 #pragma once
 
 #include <chrono>
+#include <future>
 #include <optional>
 #include <string>
 
@@ -32,6 +34,35 @@ namespace jit::server {
 std::string handle_encode(engine::Engine &engine, const std::string &encoder, const codec::DecodedFrame &frame,
                           std::optional<std::chrono::system_clock::time_point> deadline,
                           const codec::EncodeOptions &response_options, metrics::Registry *metrics = nullptr);
+
+// The pieces handle_encode() is made of, for callers (server/cache_service.h) that split a
+// request into rows.
+
+// Queues `inputs` on the engine. Throws ServerError at admission (and counts it as handle_encode
+// does); the future throws engine::EngineError (see wait_for_engine()).
+std::future<engine::Result> submit_to_engine(engine::Engine &engine, const std::string &encoder,
+                                             std::vector<Tensor> inputs,
+                                             std::optional<std::chrono::system_clock::time_point> deadline,
+                                             metrics::Registry *metrics);
+// The result of submit_to_engine(); throws ServerError (504 deadline, 500 encoder failure).
+engine::Result wait_for_engine(std::future<engine::Result> &pending);
+
+struct Timings {
+  double queue_us = 0;      // admission to batch start
+  double compute_us = 0;    // the batch's stacking, forward and splitting
+  size_t batch_samples = 0; // samples in the batch (0 when nothing was computed)
+};
+
+// Builds a response frame: `outputs` ([samples, ...] each, spec order) and the meta above, plus
+// "cache_hits" (the sample indices served from the cache) when `cache_hits` is given.
+// Throws codec::CodecError when the tensors cannot be framed.
+std::string encode_response(const std::string &encoder, const std::string &version,
+                            const std::vector<TensorView> &outputs, const Timings &timings,
+                            const std::vector<int64_t> *cache_hits, const codec::EncodeOptions &response_options,
+                            metrics::Registry *metrics);
+
+// The frame's tensors as engine inputs that borrow its bytes (no owner: keep the frame alive).
+std::vector<Tensor> borrow_inputs(const codec::DecodedFrame &frame);
 
 // An engine failure as a ServerError: the engine layer's codes mapped once, here.
 ServerError from_engine_error(const engine::EngineError &e);

@@ -312,53 +312,91 @@ void HttpServer::install_routes() {
     }
   };
 
-  // Encode: the body goes from the socket into this thread's aligned buffer and is decoded in place.
-  http_->Post(R"(/v1/encode/([^/]+))", [this, run_guarded, &in_flight_gauge](const httplib::Request &req,
-                                                                             httplib::Response &res,
-                                                                             const httplib::ContentReader &reader) {
-    run_guarded(res, [&] {
-      InFlight in_flight(this, in_flight_gauge);
-      if (!in_flight.entered) {
-        read_body(req, res, reader, settings_.max_body_bytes, nullptr);
-        throw ServerError(Code::kNotReady, "not ready: draining, not accepting new requests");
-      }
-      BodyBuffer &body = thread_body_buffer();
-      struct Trim {
-        BodyBuffer &body;
-        size_t keep;
-        ~Trim() { body.trim(keep); }
-      } trim_on_exit{body, settings_.retain_body_bytes};
-      read_body(req, res, reader, settings_.max_body_bytes, &body);
+  // Frame POSTs (encode, cache lookup): the body goes from the socket into this thread's aligned
+  // buffer and is decoded in place; `handle` gets the frame while the buffer is alive and returns
+  // the response frame.
+  auto frame_post =
+      [this, run_guarded, &in_flight_gauge](
+          const httplib::Request &req, httplib::Response &res, const httplib::ContentReader &reader,
+          const std::function<std::string(const codec::DecodedFrame &,
+                                          std::optional<std::chrono::system_clock::time_point>)> &handle) {
+        run_guarded(res, [&] {
+          InFlight in_flight(this, in_flight_gauge);
+          if (!in_flight.entered) {
+            read_body(req, res, reader, settings_.max_body_bytes, nullptr);
+            throw ServerError(Code::kNotReady, "not ready: draining, not accepting new requests");
+          }
+          BodyBuffer &body = thread_body_buffer();
+          struct Trim {
+            BodyBuffer &body;
+            size_t keep;
+            ~Trim() { body.trim(keep); }
+          } trim_on_exit{body, settings_.retain_body_bytes};
+          read_body(req, res, reader, settings_.max_body_bytes, &body);
 
-      const auto deadline = parse_deadline_ms(req.get_header_value("X-Deadline-Ms"));
-      const auto now = std::chrono::system_clock::now();
-      if (deadline && *deadline <= now) {
-        const auto late = std::chrono::duration_cast<std::chrono::milliseconds>(now - *deadline).count();
-        throw ServerError(Code::kDeadlineExceeded,
-                          "deadline exceeded: X-Deadline-Ms passed " + std::to_string(late) + " ms ago");
-      }
+          const auto deadline = parse_deadline_ms(req.get_header_value("X-Deadline-Ms"));
+          const auto now = std::chrono::system_clock::now();
+          if (deadline && *deadline <= now) {
+            const auto late = std::chrono::duration_cast<std::chrono::milliseconds>(now - *deadline).count();
+            throw ServerError(Code::kDeadlineExceeded,
+                              "deadline exceeded: X-Deadline-Ms passed " + std::to_string(late) + " ms ago");
+          }
+          codec::DecodeOptions options;
+          options.limits = settings_.codec_limits;
+          codec::DecodedFrame frame;
+          try {
+            // Validated before anything else: a malformed frame is the client's first problem
+            // whatever it was sent to.
+            frame = codec::decode(body.data(), body.size(), options);
+          } catch (const codec::CodecError &e) {
+            throw from_codec_error(e);
+          }
+          // The frame's tensors point into `body`, which is trimmed only after this returns. Moved
+          // into the response, not copied: set_content() would copy a possibly large frame.
+          res.body = handle(frame, deadline);
+          res.set_header("Content-Type", kFrameType);
+        });
+      };
 
+  http_->Post(R"(/v1/encode/([^/]+))", [this, frame_post](const httplib::Request &req, httplib::Response &res,
+                                                          const httplib::ContentReader &reader) {
+    frame_post(req, res, reader, [&](const codec::DecodedFrame &frame, auto deadline) {
       const std::string encoder = req.matches[1].str();
-      codec::DecodeOptions options;
-      options.limits = settings_.codec_limits;
-      codec::DecodedFrame frame;
-      try {
-        // Validated before the encoder lookup: a malformed frame is the client's first problem
-        // whatever it was sent to.
-        frame = codec::decode(body.data(), body.size(), options);
-      } catch (const codec::CodecError &e) {
-        throw from_codec_error(e);
-      }
       if (!hooks_.has_encoder || !hooks_.has_encoder(encoder)) {
         throw ServerError(Code::kNotFound, "unknown encoder '" + encoder + "'");
       }
       if (!hooks_.encode) {
         throw ServerError(Code::kNotReady, "not ready: encoder '" + encoder + "' has no executor in this build");
       }
-      // The frame's tensors point into `body`, which is trimmed only after this returns. Moved
-      // into the response, not copied: set_content() would copy a possibly large frame.
-      res.body = hooks_.encode(encoder, frame, deadline);
-      res.set_header("Content-Type", kFrameType);
+      return hooks_.encode(encoder, frame, deadline);
+    });
+  });
+
+  http_->Post("/v1/cache/lookup", [this, frame_post](const httplib::Request &req, httplib::Response &res,
+                                                     const httplib::ContentReader &reader) {
+    frame_post(req, res, reader, [&](const codec::DecodedFrame &frame, auto) {
+      if (!hooks_.cache_lookup) throw ServerError(Code::kNotFound, "not found: this server has no cache");
+      return hooks_.cache_lookup(frame);
+    });
+  });
+
+  http_->Get("/v1/cache/stats", guarded([this](const httplib::Request &, httplib::Response &res) {
+               if (!hooks_.cache_stats) throw ServerError(Code::kNotFound, "not found: this server has no cache");
+               res.set_content(hooks_.cache_stats(), kJson);
+             }));
+
+  http_->Post("/v1/cache/prune", [this, run_guarded, &in_flight_gauge](const httplib::Request &req,
+                                                                       httplib::Response &res,
+                                                                       const httplib::ContentReader &reader) {
+    run_guarded(res, [&] {
+      InFlight in_flight(this, in_flight_gauge);
+      BodyBuffer body;
+      read_body(req, res, reader, kMaxLoadBodyBytes, in_flight.entered ? &body : nullptr);
+      if (!in_flight.entered) throw ServerError(Code::kNotReady, "not ready: draining, not pruning");
+      if (!hooks_.cache_prune) throw ServerError(Code::kNotFound, "not found: this server has no cache");
+      const std::string text =
+          body.size() == 0 ? std::string() : std::string(reinterpret_cast<const char *>(body.data()), body.size());
+      res.set_content(hooks_.cache_prune(text), kJson);
     });
   });
 

@@ -12,6 +12,11 @@
 //                              ServerHooks::encode, answers the response frame; unknown encoder: 404
 //   POST /v1/encoders/{name}/load
 //                              JSON body handed to ServerHooks::load_encoder; answers its JSON
+//   POST /v1/cache/lookup      a frame of content digests or sample keys -> a frame of the hits
+//                              (ServerHooks::cache_lookup; server/cache_service.h)
+//   GET  /v1/cache/stats       JSON (ServerHooks::cache_stats)
+//   POST /v1/cache/prune       JSON body -> JSON (ServerHooks::cache_prune)
+//   The cache routes answer 404 when the server has no cache (cache.enabled: false).
 //
 // Request bodies of POST /v1/encode are read straight from the socket into a per-thread,
 // 64-byte-aligned buffer that is reused across requests (reserved from Content-Length, grown for
@@ -88,6 +93,11 @@ struct ServerHooks {
   // POST /v1/encoders/{name}/load: given the name from the URL and the request body, loads or
   // replaces that encoder and returns the JSON answer; throws ServerError. Empty: 404.
   std::function<std::string(const std::string &name, const std::string &body)> load_encoder;
+  // The cache's routes (server/cache_service.h): a decoded lookup frame -> the answer frame; the
+  // stats JSON; a prune JSON body -> its JSON answer. Each throws ServerError. Empty: 404.
+  std::function<std::string(const codec::DecodedFrame &frame)> cache_lookup;
+  std::function<std::string()> cache_stats;
+  std::function<std::string(const std::string &body)> cache_prune;
 };
 
 class HttpServer {

@@ -42,7 +42,8 @@ endif()
 if(JIT_BUILD_TESTS)
   add_executable(test_engine tests/cpp/engine/test_batcher.cpp tests/cpp/engine/test_engine.cpp
     tests/cpp/engine/test_length_buckets.cpp
-    tests/cpp/common/test_metrics.cpp)
+    tests/cpp/common/test_metrics.cpp
+    tests/cpp/common/test_rows.cpp)
   target_link_libraries(test_engine PRIVATE jit_engine GTest::gtest_main)
   gtest_discover_tests(test_engine DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 60)
 endif()
@@ -94,13 +95,14 @@ if(JIT_BUILD_TESTS)
 endif()
 
 # The cache (csrc/cache): keys, the memory LRU and TieredCache always; the RocksDB tier on a real
-# database in a temporary directory and the Redis tier against a real redis-server started on a free
-# port, when the build has them (JIT_WITH_ROCKSDB / JIT_WITH_REDIS).
+# database in a temporary directory (and its shared mode across real processes made with fork()) and
+# the Redis tier against a real redis-server started on a free port, when the build has them
+# (JIT_WITH_ROCKSDB / JIT_WITH_REDIS).
 if(JIT_BUILD_TESTS)
   set(_cache_tests tests/cpp/cache/test_cache_key.cpp tests/cpp/cache/test_memory_tier.cpp
     tests/cpp/cache/test_tiered_cache.cpp)
   if(JIT_HAVE_ROCKSDB)
-    list(APPEND _cache_tests tests/cpp/cache/test_rocksdb_tier.cpp)
+    list(APPEND _cache_tests tests/cpp/cache/test_rocksdb_tier.cpp tests/cpp/cache/test_shared_rocksdb_tier.cpp)
   endif()
   if(JIT_HAVE_REDIS)
     list(APPEND _cache_tests tests/cpp/cache/test_redis_tier.cpp)

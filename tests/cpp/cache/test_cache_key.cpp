@@ -32,8 +32,53 @@ TEST(CacheKey, GoldenHexIsStable) {
   Inputs in;
   // Changing these values empties every deployed cache: only on purpose, with the framing version.
   // Cross-checked against Python's xxhash.xxh3_128 over the framing described in csrc/cache/key.cpp.
-  EXPECT_EQ(key_of(in.views()).hex(), "01904b9c2cf883a43adf0c8399955611");
-  EXPECT_EQ(CacheKey::for_sample_key("vae", "sha256:abc", "img/0001.png").hex(), "2cab1f228691012e5692302128818c7a");
+  EXPECT_EQ(key_of(in.views()).hex(), "e6025b23dbec9495adf56742a61f16f9");
+  EXPECT_EQ(CacheKey::for_sample_key("vae", "sha256:abc", "img/0001.png").hex(), "93619af5767450f0163cab35f96865a2");
+  EXPECT_EQ(CacheKey::content_of_inputs("{}", in.views()).hex(), "c4f78f53dfd936503f819de542453521");
+}
+
+TEST(CacheKey, KeyIsTheContentDigestBoundToEncoderAndVersion) {
+  Inputs in;
+  const CacheKey content = CacheKey::content_of_inputs("{}", in.views());
+  EXPECT_EQ(CacheKey::bind("vae", "sha256:abc", content), key_of(in.views()));
+  EXPECT_NE(CacheKey::bind("vae", "sha256:abd", content), key_of(in.views()));
+  EXPECT_NE(CacheKey::bind("vae", "sha256:abc", content), content);
+  EXPECT_EQ(CacheKey::bind("vae", "v", CacheKey::content_of_sample_key("k")),
+            CacheKey::for_sample_key("vae", "v", "k"));
+  EXPECT_NE(CacheKey::content_of_sample_key(""), CacheKey::content_of_inputs("", {}));
+}
+
+// A row of a padded batch hashes like the sample on its own, before it was padded.
+TEST(CacheKey, RowOfAPaddedBatchEqualsTheUnpaddedSample) {
+  // ids [2, 5] right-padded with 0; row 1 is really [3]. states [2, 5, 2] padded along dim 1, and
+  // feats [2, 2, 5] padded along dim 2 (a strided cut).
+  std::vector<int64_t> ids = {1, 2, 3, 4, 5, 7, 8, 9, 0, 0};
+  std::vector<float> states(2 * 5 * 2), feats(2 * 2 * 5);
+  for (size_t i = 0; i < states.size(); ++i)
+    states[i] = static_cast<float>(i);
+  for (size_t i = 0; i < feats.size(); ++i)
+    feats[i] = static_cast<float>(100 + i);
+  std::vector<TensorView> batch = {{"ids", DType::kInt64, {2, 5}, ids.data(), ids.size() * 8},
+                                   {"states", DType::kFloat32, {2, 5, 2}, states.data(), states.size() * 4},
+                                   {"feats", DType::kFloat32, {2, 2, 5}, feats.data(), feats.size() * 4}};
+  std::vector<int64_t> own_ids = {7, 8, 9};
+  std::vector<float> own_states = {10, 11, 12, 13, 14, 15};
+  std::vector<float> own_feats = {110, 111, 112, 115, 116, 117};
+  std::vector<TensorView> sample = {{"ids", DType::kInt64, {3}, own_ids.data(), 24},
+                                    {"states", DType::kFloat32, {3, 2}, own_states.data(), 24},
+                                    {"feats", DType::kFloat32, {2, 3}, own_feats.data(), 24}};
+  const std::vector<int> seq_dims = {1, 1, 2};
+  EXPECT_EQ(CacheKey::content_of_row("p", batch, 1, seq_dims, 3), CacheKey::content_of_inputs("p", sample));
+  EXPECT_NE(CacheKey::content_of_row("p", batch, 1, seq_dims, 4), CacheKey::content_of_inputs("p", sample));
+  // Uncut rows: no seq dims, or length -1, hash the whole row.
+  std::vector<TensorView> row0 = {{"ids", DType::kInt64, {5}, ids.data(), 40},
+                                  {"states", DType::kFloat32, {5, 2}, states.data(), 40},
+                                  {"feats", DType::kFloat32, {2, 5}, feats.data(), 40}};
+  EXPECT_EQ(CacheKey::content_of_row("p", batch, 0, {}, -1), CacheKey::content_of_inputs("p", row0));
+  EXPECT_EQ(CacheKey::content_of_row("p", batch, 0, seq_dims, 5), CacheKey::content_of_inputs("p", row0));
+  EXPECT_THROW(CacheKey::content_of_row("p", batch, 2, seq_dims, 3), CacheError);
+  EXPECT_THROW(CacheKey::content_of_row("p", batch, 1, seq_dims, 6), CacheError);
+  EXPECT_THROW(CacheKey::content_of_row("p", batch, 1, {1}, 3), CacheError);
 }
 
 TEST(CacheKey, EveryFieldChangesTheKey) {

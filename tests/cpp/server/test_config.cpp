@@ -151,7 +151,13 @@ TEST(Config, EmptyDocumentAndEmptySectionsAreDefaults) {
 TEST(Config, ErrorsNameTheKeyPath) {
   const std::string ok_entry = "  - {name: a, artifact: x}\n";
   const std::vector<std::pair<std::string, std::string>> cases = {
-      {"bogus: 1", "bogus: unknown key (known: server, encoders)"},
+      {"bogus: 1", "bogus: unknown key (known: server, encoders, cache)"},
+      {"cache: {memory_mb: -1}", "cache.memory_mb: must be a non-negative integer, got -1"},
+      {"cache: {rocksdb: {size: 1}}", "cache.rocksdb.size: unknown key (known: path, max_mb, block_cache_mb)"},
+      {"cache: {redis: {url: 'http://x'}}", "cache.redis.url: must start with redis://, got 'http://x'"},
+      {"cache: {max_lookup_keys: 0}", "cache.max_lookup_keys: must be an integer in [1, 65536], got 0"},
+      {"cache: {enabled: maybe}", "cache.enabled: must be true or false, got maybe"},
+      {"encoders:\n  - {name: a, artifact: x, cache: 2}", "encoders[0].cache: must be true or false, got 2"},
       {"- 1", "config: must be a map, got a list"},
       {"server: {hots: x}", "server.hots: unknown key (known: host, port,"},
       {"server: {limits: {max_frame: 1}}", "server.limits.max_frame: unknown key (known: max_frame_bytes,"},
@@ -202,6 +208,52 @@ TEST(Config, ErrorsNameTheKeyPath) {
     EXPECT_EQ(std::string(e.what()).rfind(want, 0), 0u) << "config:\n"
                                                         << yaml << "\nwant: " << want << "\ngot:  " << e.what();
   }
+}
+
+TEST(Config, CacheSectionIsReadBackWithPathsResolved) {
+  const ServerConfig d = parse_config("", "/etc/jit");
+  EXPECT_TRUE(d.cache.enabled);
+  EXPECT_EQ(d.cache.settings.memory_max_bytes, cache::CacheSettings().memory_max_bytes);
+  EXPECT_EQ(d.cache.settings.rocksdb_path, "") << "no RocksDB tier unless a path is given";
+  EXPECT_EQ(d.cache.settings.redis_url, "");
+
+  const ServerConfig c = parse_config(R"(
+cache:
+  enabled: false
+  memory_mb: 3
+  memory_shards: 4
+  rocksdb: {path: db, max_mb: 5, block_cache_mb: 6}
+  redis: {url: 'redis://h:1/2', pool_size: 7, connect_timeout_ms: 8, io_timeout_ms: 9, retry_after_ms: 10,
+          ttl_s: 11, key_prefix: 'p:'}
+  write_queue_entries: 12
+  write_queue_mb: 13
+  max_entry_mb: 14
+  pending_mb: 15
+  max_lookup_keys: 16
+encoders:
+  - {name: a, artifact: x, cache: false}
+)",
+                                      "/etc/jit");
+  const cache::CacheSettings &s = c.cache.settings;
+  EXPECT_FALSE(c.cache.enabled);
+  EXPECT_EQ(s.memory_max_bytes, 3u << 20);
+  EXPECT_EQ(s.memory_shards, 4u);
+  EXPECT_EQ(s.rocksdb_path, "/etc/jit/db");
+  EXPECT_EQ(s.rocksdb_max_bytes, 5u << 20);
+  EXPECT_EQ(s.rocksdb_block_cache_bytes, 6u << 20);
+  EXPECT_EQ(s.redis_url, "redis://h:1/2");
+  EXPECT_EQ(s.redis_pool_size, 7u);
+  EXPECT_EQ(s.redis_connect_timeout_ms, 8);
+  EXPECT_EQ(s.redis_io_timeout_ms, 9);
+  EXPECT_EQ(s.redis_retry_after_ms, 10);
+  EXPECT_EQ(s.redis_ttl_s, 11u);
+  EXPECT_EQ(s.redis_key_prefix, "p:");
+  EXPECT_EQ(s.write_queue_max_entries, 12u);
+  EXPECT_EQ(s.write_queue_max_bytes, 13u << 20);
+  EXPECT_EQ(s.max_entry_bytes, 14u << 20);
+  EXPECT_EQ(c.cache.pending_bytes, 15u << 20);
+  EXPECT_EQ(c.cache.max_lookup_keys, 16u);
+  EXPECT_FALSE(c.encoders.at(0).cache);
 }
 
 TEST(Config, SyntaxErrorsSayWhere) {

@@ -1,0 +1,548 @@
+// CacheService: rows -> keys -> tiers, misses -> engine, outputs -> entries (see cache_service.h).
+#include "server/cache_service.h"
+
+#include <msgpack.hpp>
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <map>
+
+#include "common/rows.h"
+#include "server/encode_handler.h"
+#include "server/errors.h"
+
+namespace jit::server {
+
+namespace {
+
+using Code = ServerError::Code;
+
+enum class Mode { kUse, kRefresh, kBypass };
+
+// The cache's part of a request's meta.
+struct CacheMeta {
+  Mode mode = Mode::kUse;
+  std::vector<std::string> keys; // empty or one per row
+  std::vector<int64_t> lengths;  // empty or one per row
+  std::string params;            // hashed into every content digest as is
+};
+
+[[noreturn]] void bad(const std::string &msg) {
+  throw ServerError(Code::kBadRequest, msg);
+}
+
+std::string as_text(const msgpack::object &o, const std::string &what) {
+  if (o.type == msgpack::type::STR) return std::string(o.via.str.ptr, o.via.str.size);
+  if (o.type == msgpack::type::BIN) return std::string(o.via.bin.ptr, o.via.bin.size);
+  bad(what + " must be a string");
+}
+
+// The meta map of a request frame, or an unpacked nil when it has none.
+msgpack::object_handle unpack_meta(const std::string &meta_msgpack) {
+  if (meta_msgpack.empty()) return msgpack::object_handle();
+  try {
+    return msgpack::unpack(meta_msgpack.data(), meta_msgpack.size());
+  } catch (const std::exception &e) {
+    bad(std::string("meta: ") + e.what()); // the codec checked it; defensive
+  }
+}
+
+const msgpack::object *field(const msgpack::object &map, std::string_view name) {
+  if (map.type != msgpack::type::MAP) return nullptr;
+  for (uint32_t i = 0; i < map.via.map.size; ++i) {
+    const msgpack::object_kv &kv = map.via.map.ptr[i];
+    if (kv.key.type == msgpack::type::STR && std::string_view(kv.key.via.str.ptr, kv.key.via.str.size) == name)
+      return &kv.val;
+  }
+  return nullptr;
+}
+
+const msgpack::object_array &array_of(const msgpack::object &o, const std::string &what, size_t expected) {
+  if (o.type != msgpack::type::ARRAY) bad(what + " must be an array");
+  if (expected != SIZE_MAX && o.via.array.size != expected)
+    bad(what + " must have one element per row (" + std::to_string(expected) + "), got " +
+        std::to_string(o.via.array.size));
+  return o.via.array;
+}
+
+CacheMeta parse_cache_meta(const std::string &meta_msgpack, size_t rows) {
+  CacheMeta m;
+  msgpack::object_handle h = unpack_meta(meta_msgpack);
+  const msgpack::object &meta = h.get();
+  if (meta.type == msgpack::type::NIL) return m;
+  if (meta.type != msgpack::type::MAP) bad("meta must be a map");
+  if (const msgpack::object *o = field(meta, "cache")) {
+    const std::string mode = as_text(*o, "meta.cache");
+    if (mode == "use")
+      m.mode = Mode::kUse;
+    else if (mode == "refresh")
+      m.mode = Mode::kRefresh;
+    else if (mode == "bypass")
+      m.mode = Mode::kBypass;
+    else
+      bad("meta.cache must be \"use\", \"refresh\" or \"bypass\", got \"" + mode + "\"");
+  }
+  if (const msgpack::object *o = field(meta, "keys"); o && o->type != msgpack::type::NIL) {
+    const auto &a = array_of(*o, "meta.keys", rows);
+    for (uint32_t i = 0; i < a.size; ++i) {
+      m.keys.push_back(as_text(a.ptr[i], "meta.keys[" + std::to_string(i) + "]"));
+      if (m.keys.back().empty()) bad("meta.keys[" + std::to_string(i) + "] is empty");
+    }
+  }
+  if (const msgpack::object *o = field(meta, "lengths"); o && o->type != msgpack::type::NIL) {
+    const auto &a = array_of(*o, "meta.lengths", rows);
+    for (uint32_t i = 0; i < a.size; ++i) {
+      if (a.ptr[i].type != msgpack::type::POSITIVE_INTEGER)
+        bad("meta.lengths[" + std::to_string(i) + "] must be a non-negative integer");
+      m.lengths.push_back(static_cast<int64_t>(std::min<uint64_t>(a.ptr[i].via.u64, INT64_MAX)));
+    }
+  }
+  if (const msgpack::object *o = field(meta, "params"); o && o->type != msgpack::type::NIL)
+    m.params = as_text(*o, "meta.params");
+  return m;
+}
+
+const TensorSpec *spec_of(const std::vector<TensorSpec> &specs, const std::string &name) {
+  for (const TensorSpec &s : specs) {
+    if (s.name == name) return &s;
+  }
+  return nullptr;
+}
+
+// A row's output as stored: the batch dimension dropped.
+Tensor without_batch_dim(Tensor t) {
+  t.shape.erase(t.shape.begin());
+  return t;
+}
+
+TensorView with_batch_dim(const Tensor &t) {
+  TensorView v = t.view();
+  v.shape.insert(v.shape.begin(), 1);
+  return v;
+}
+
+double micros_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+}
+
+} // namespace
+
+CacheService::CacheService(const CacheConfig &config, engine::Engine &engine, metrics::Registry &registry)
+    : config_(config), engine_(engine), registry_(registry),
+      dropped_(
+          registry.counter("jit_cache_dropped_writes_total", "Cache writes dropped because the write queue was full")),
+      pending_gauge_(registry.gauge("jit_cache_pending_bytes", "Computed outputs waiting to be stored as entries")) {
+  try {
+    cache_ = cache::TieredCache::from_settings(config_.settings, registry_);
+  } catch (const cache::CacheError &e) {
+    throw ServerError(Code::kBadRequest, std::string("cache: ") + e.what());
+  }
+  writer_ = std::thread([this] { writer_loop(); });
+}
+
+CacheService::~CacheService() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  writer_.join();
+  cache_->flush();
+}
+
+void CacheService::store(Pending p) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (queued_bytes_ + p.nbytes > config_.pending_bytes) {
+      dropped_.inc();
+      return;
+    }
+    queued_bytes_ += p.nbytes;
+    pending_gauge_.set(static_cast<double>(queued_bytes_));
+    queue_.push_back(std::move(p));
+  }
+  cv_.notify_one();
+}
+
+void CacheService::writer_loop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+    if (queue_.empty()) return; // stopping, and everything queued is stored
+    Pending p = std::move(queue_.front());
+    queue_.pop_front();
+    ++writing_;
+    lock.unlock();
+    try {
+      std::vector<TensorView> views;
+      for (const Tensor &t : p.outputs)
+        views.push_back(t.view());
+      const cache::Entry entry = cache::Entry::make(p.key, p.encoder, p.version, views);
+      if (entry.nbytes() <= config_.settings.max_entry_bytes) cache_->put(p.key, entry);
+    } catch (const std::exception &) {
+      dropped_.inc(); // outputs the codec cannot frame are simply not cached
+    }
+    const uint64_t n = p.nbytes;
+    p.outputs.clear(); // frees the batch's outputs outside the lock
+    lock.lock();
+    --writing_;
+    queued_bytes_ -= n;
+    pending_gauge_.set(static_cast<double>(queued_bytes_));
+    if (queue_.empty() && writing_ == 0) idle_cv_.notify_all();
+  }
+}
+
+void CacheService::flush() {
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    idle_cv_.wait(lock, [&] { return queue_.empty() && writing_ == 0; });
+  }
+  cache_->flush();
+}
+
+std::string CacheService::encode(const std::string &encoder, bool cacheable, const codec::DecodedFrame &frame,
+                                 std::optional<std::chrono::system_clock::time_point> deadline,
+                                 const codec::EncodeOptions &response_options) {
+  const std::vector<Tensor> inputs = borrow_inputs(frame);
+  size_t rows = 0;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (inputs[i].shape.empty())
+      throw ServerError(Code::kUnprocessable, "input '" + inputs[i].name + "' has no batch dimension");
+    if (i > 0 && static_cast<size_t>(inputs[i].shape[0]) != rows)
+      throw ServerError(Code::kUnprocessable, "inputs disagree on the number of samples: '" + inputs[0].name +
+                                                  "' has " + std::to_string(rows) + ", '" + inputs[i].name + "' has " +
+                                                  std::to_string(inputs[i].shape[0]));
+    rows = static_cast<size_t>(inputs[i].shape[0]);
+  }
+  const CacheMeta meta = parse_cache_meta(frame.meta_msgpack, rows);
+  std::optional<engine::EncoderInfo> info = engine_.info(encoder);
+  if (!info) throw ServerError(Code::kNotFound, "unknown encoder '" + encoder + "'");
+  if (!cacheable || meta.mode == Mode::kBypass || inputs.empty())
+    return handle_encode(engine_, encoder, frame, deadline, response_options, &registry_);
+  if (rows > info->config.batching.max_batch_size)
+    throw ServerError(Code::kPayloadTooLarge, "request has " + std::to_string(rows) + " samples, more than encoder '" +
+                                                  encoder + "' takes at once (max_batch_size " +
+                                                  std::to_string(info->config.batching.max_batch_size) + ")");
+
+  // Sequence dimensions of the inputs (hashing and per-row cuts) and of the outputs.
+  std::vector<int> seq_dims(inputs.size(), -1);
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const TensorSpec *s = spec_of(info->spec.inputs, inputs[i].name);
+    if (s && s->seq_dim >= 1 && static_cast<size_t>(s->seq_dim) < inputs[i].shape.size()) seq_dims[i] = s->seq_dim;
+  }
+  const bool cut = !meta.lengths.empty();
+  if (cut) {
+    if (std::all_of(seq_dims.begin(), seq_dims.end(), [](int d) { return d < 0; }))
+      bad("meta.lengths given, but encoder '" + encoder + "' has no sequence input");
+    for (size_t r = 0; r < rows; ++r) {
+      for (size_t i = 0; i < inputs.size(); ++i) {
+        if (seq_dims[i] >= 0 && meta.lengths[r] > inputs[i].shape[static_cast<size_t>(seq_dims[i])])
+          bad("meta.lengths[" + std::to_string(r) + "] = " + std::to_string(meta.lengths[r]) +
+              " is longer than input '" + inputs[i].name + "' (" +
+              std::to_string(inputs[i].shape[static_cast<size_t>(seq_dims[i])]) + ")");
+      }
+    }
+  }
+  std::vector<TensorView> views;
+  for (const Tensor &t : inputs)
+    views.push_back(t.view());
+  std::vector<cache::CacheKey> digests(rows);
+  try {
+    for (size_t r = 0; r < rows; ++r) {
+      digests[r] = meta.keys.empty() ? cache::CacheKey::content_of_row(meta.params, views, static_cast<int64_t>(r),
+                                                                       seq_dims, cut ? meta.lengths[r] : -1)
+                                     : cache::CacheKey::content_of_sample_key(meta.keys[r]);
+    }
+  } catch (const cache::CacheError &e) {
+    throw ServerError(Code::kUnprocessable, e.what());
+  }
+  auto &rows_hit = registry_.counter("jit_cache_rows_total", "Samples looked up in the cache, by encoder and result",
+                                     {{"encoder", encoder}, {"result", "hit"}});
+  auto &rows_missed = registry_.counter("jit_cache_rows_total", "Samples looked up in the cache, by encoder and result",
+                                        {{"encoder", encoder}, {"result", "miss"}});
+
+  // Two rounds at most: the second recomputes everything when a version switch raced the first.
+  for (int round = 0;; ++round) {
+    const bool read = meta.mode == Mode::kUse && round == 0;
+    std::string version = info->version;
+    std::vector<std::optional<cache::Entry>> hits(rows);
+    std::vector<size_t> misses;
+    for (size_t r = 0; r < rows; ++r) {
+      if (read) hits[r] = cache_->get(cache::CacheKey::bind(encoder, version, digests[r]));
+      if (!hits[r]) misses.push_back(r);
+    }
+    if (read) {
+      rows_hit.inc(static_cast<double>(rows - misses.size()));
+      rows_missed.inc(static_cast<double>(misses.size()));
+    }
+
+    // Computed rows' outputs, in spec order, each [1, ...] cut to the row's length.
+    std::map<size_t, std::vector<Tensor>> computed;
+    std::vector<std::string> computed_versions;
+    Timings timings;
+    std::optional<engine::Result> whole; // all rows computed by one engine request
+    if (misses.size() == rows) {
+      std::future<engine::Result> f = submit_to_engine(engine_, encoder, inputs, deadline, &registry_);
+      whole = wait_for_engine(f);
+      timings = {whole->queue_us, whole->compute_us, whole->batch_samples};
+      computed_versions.push_back(whole->version);
+      for (size_t r = 0; r < rows; ++r) {
+        for (size_t k = 0; k < whole->outputs.size(); ++k) {
+          const TensorSpec *s = spec_of(info->spec.outputs, whole->outputs[k].name);
+          computed[r].push_back(slice_rows(whole->outputs[k], r, 1, s ? s->seq_dim : -1, cut ? meta.lengths[r] : -1));
+        }
+      }
+    } else if (!misses.empty()) {
+      std::vector<std::future<engine::Result>> futures;
+      for (size_t r : misses) {
+        std::vector<Tensor> row;
+        for (size_t i = 0; i < inputs.size(); ++i)
+          row.push_back(slice_rows(inputs[i], r, 1, seq_dims[i], cut ? meta.lengths[r] : -1));
+        futures.push_back(submit_to_engine(engine_, encoder, std::move(row), deadline, &registry_));
+      }
+      for (size_t j = 0; j < misses.size(); ++j) {
+        engine::Result res = wait_for_engine(futures[j]);
+        timings.queue_us = std::max(timings.queue_us, res.queue_us);
+        timings.compute_us = std::max(timings.compute_us, res.compute_us);
+        timings.batch_samples = std::max(timings.batch_samples, res.batch_samples);
+        computed_versions.push_back(res.version);
+        computed[misses[j]] = std::move(res.outputs);
+      }
+    }
+    // An in-place update raced this request: its rows came from two versions. Recompute it whole,
+    // in one engine request, so that one answer never mixes versions.
+    const bool hits_present = misses.size() < rows;
+    bool mixed = false;
+    for (const std::string &v : computed_versions)
+      mixed = mixed || v != computed_versions[0] || (hits_present && v != version);
+    if (mixed && round == 0) {
+      info = engine_.info(encoder);
+      if (!info) throw ServerError(Code::kNotFound, "unknown encoder '" + encoder + "'");
+      continue;
+    }
+    if (!computed_versions.empty()) version = computed_versions[0];
+
+    // Store what was computed, after the response is built; the Pending rows share the outputs.
+    for (auto &[r, outs] : computed) {
+      Pending p{cache::CacheKey::bind(encoder, version, digests[r]), encoder, version, {}, 0};
+      for (const Tensor &t : outs) {
+        p.outputs.push_back(without_batch_dim(t));
+        p.nbytes += t.nbytes;
+      }
+      store(std::move(p));
+    }
+
+    std::vector<int64_t> hit_rows;
+    for (size_t r = 0; r < rows; ++r) {
+      if (hits[r]) hit_rows.push_back(static_cast<int64_t>(r));
+    }
+    if (whole && !cut) {
+      std::vector<TensorView> out;
+      for (const Tensor &t : whole->outputs)
+        out.push_back(t.view());
+      return encode_response(encoder, version, out, timings, &hit_rows, response_options, &registry_);
+    }
+    // Rows from the cache and from the engine side by side, padded to the longest row.
+    std::vector<Tensor> stacked;
+    std::vector<TensorView> out;
+    for (size_t k = 0; k < info->spec.outputs.size(); ++k) {
+      const TensorSpec &s = info->spec.outputs[k];
+      std::vector<TensorView> parts;
+      for (size_t r = 0; r < rows; ++r) {
+        if (hits[r]) {
+          const auto &ts = hits[r]->tensors();
+          if (k >= ts.size() || ts[k].name != s.name) {
+            // An entry that does not fit the spec cannot come from this version; defensive.
+            throw ServerError(Code::kInternal,
+                              "cache entry for encoder '" + encoder + "' lacks output '" + s.name + "'");
+          }
+          parts.push_back(with_batch_dim(ts[k]));
+        } else {
+          parts.push_back(computed[r][k].view());
+        }
+      }
+      try {
+        stacked.push_back(concat_rows(s.name, parts, s.seq_dim, 0));
+      } catch (const std::invalid_argument &e) {
+        throw ServerError(Code::kInternal, std::string("cannot assemble the response: ") + e.what());
+      }
+      out.push_back(stacked.back().view());
+    }
+    return encode_response(encoder, version, out, timings, &hit_rows, response_options, &registry_);
+  }
+}
+
+std::string CacheService::lookup(const codec::DecodedFrame &frame) {
+  const auto t0 = std::chrono::steady_clock::now();
+  msgpack::object_handle h = unpack_meta(frame.meta_msgpack);
+  const msgpack::object &meta = h.get();
+  if (meta.type != msgpack::type::MAP) bad("meta must be a map with \"encoder\" and \"digests\" or \"keys\"");
+  const msgpack::object *enc = field(meta, "encoder");
+  if (!enc) bad("meta.encoder is missing");
+  const std::string encoder = as_text(*enc, "meta.encoder");
+  const std::optional<engine::EncoderInfo> info = engine_.info(encoder);
+  if (!info) throw ServerError(Code::kNotFound, "unknown encoder '" + encoder + "'");
+
+  const msgpack::object *digests = field(meta, "digests");
+  const msgpack::object *keys = field(meta, "keys");
+  if ((digests == nullptr) == (keys == nullptr)) bad("meta must have exactly one of \"digests\" and \"keys\"");
+  const auto &a = array_of(digests ? *digests : *keys, digests ? "meta.digests" : "meta.keys", SIZE_MAX);
+  if (a.size > config_.max_lookup_keys)
+    bad("lookup of " + std::to_string(a.size) + " keys, more than cache.max_lookup_keys (" +
+        std::to_string(config_.max_lookup_keys) + ")");
+  std::vector<cache::CacheKey> content(a.size);
+  for (uint32_t i = 0; i < a.size; ++i) {
+    const std::string what = std::string(digests ? "meta.digests[" : "meta.keys[") + std::to_string(i) + "]";
+    const msgpack::object &o = a.ptr[i];
+    if (keys) {
+      content[i] = cache::CacheKey::content_of_sample_key(as_text(o, what));
+    } else if (o.type == msgpack::type::BIN && o.via.bin.size == 16) {
+      uint64_t hi = 0, lo = 0;
+      for (int b = 0; b < 8; ++b) {
+        hi = (hi << 8) | static_cast<uint8_t>(o.via.bin.ptr[b]);
+        lo = (lo << 8) | static_cast<uint8_t>(o.via.bin.ptr[8 + b]);
+      }
+      content[i] = cache::CacheKey(hi, lo);
+    } else {
+      auto k = o.type == msgpack::type::STR ? cache::CacheKey::from_hex(std::string_view(o.via.str.ptr, o.via.str.size))
+                                            : std::nullopt;
+      if (!k) bad(what + " must be 16 bytes (bin) or 32 lowercase hex digits");
+      content[i] = *k;
+    }
+  }
+
+  std::vector<cache::Entry> found;
+  std::vector<int64_t> hit_rows;
+  std::vector<TensorView> views;
+  for (size_t i = 0; i < content.size(); ++i) {
+    std::optional<cache::Entry> e = cache_->get(cache::CacheKey::bind(encoder, info->version, content[i]));
+    if (!e) continue;
+    hit_rows.push_back(static_cast<int64_t>(i));
+    found.push_back(std::move(*e));
+  }
+  std::vector<std::string> names; // TensorView holds its own name: built once per hit
+  for (size_t j = 0; j < found.size(); ++j) {
+    for (const Tensor &t : found[j].tensors()) {
+      TensorView v = t.view();
+      v.name = std::to_string(hit_rows[j]) + "/" + t.name;
+      views.push_back(std::move(v));
+    }
+  }
+  registry_
+      .counter("jit_cache_rows_total", "Samples looked up in the cache, by encoder and result",
+               {{"encoder", encoder}, {"result", "hit"}})
+      .inc(static_cast<double>(hit_rows.size()));
+  registry_
+      .counter("jit_cache_rows_total", "Samples looked up in the cache, by encoder and result",
+               {{"encoder", encoder}, {"result", "miss"}})
+      .inc(static_cast<double>(content.size() - hit_rows.size()));
+
+  msgpack::sbuffer sb;
+  msgpack::packer<msgpack::sbuffer> pk(sb);
+  pk.pack_map(4);
+  pk.pack(std::string_view("encoder"));
+  pk.pack(std::string_view(encoder));
+  pk.pack(std::string_view("version"));
+  pk.pack(std::string_view(info->version));
+  pk.pack(std::string_view("hits"));
+  pk.pack(hit_rows);
+  pk.pack(std::string_view("timings"));
+  pk.pack_map(1);
+  pk.pack(std::string_view("lookup_us"));
+  pk.pack_double(micros_since(t0));
+  try {
+    return codec::encode(views, std::string(sb.data(), sb.size()), {});
+  } catch (const codec::CodecError &e) {
+    throw ServerError(Code::kInternal, std::string("cannot frame the lookup answer: ") + e.what());
+  }
+}
+
+std::string CacheService::stats_json() {
+  std::string out = "{\"tiers\": [";
+  bool first = true;
+  for (const cache::TierStats &t : cache_->stats()) {
+    const uint64_t looked = t.hits + t.misses;
+    out += std::string(first ? "" : ", ") + "{\"tier\": " + json_quote(t.tier) +
+           ", \"entries\": " + std::to_string(t.entries) + ", \"bytes\": " + std::to_string(t.bytes) +
+           ", \"hits\": " + std::to_string(t.hits) + ", \"misses\": " + std::to_string(t.misses) +
+           ", \"hit_rate\": " + (looked ? std::to_string(static_cast<double>(t.hits) / looked) : "null") +
+           ", \"evictions\": " + std::to_string(t.evictions) + ", \"corrupt\": " + std::to_string(t.corrupt) + "}";
+    first = false;
+  }
+  size_t pending_entries;
+  uint64_t pending_bytes;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    pending_entries = queue_.size() + writing_;
+    pending_bytes = queued_bytes_;
+  }
+  out += "], \"write_queue_depth\": " + std::to_string(cache_->write_queue_depth()) +
+         ", \"dropped_writes\": " + std::to_string(static_cast<uint64_t>(dropped_.value())) +
+         ", \"pending_entries\": " + std::to_string(pending_entries) +
+         ", \"pending_bytes\": " + std::to_string(pending_bytes) + ", \"encoders\": [";
+  first = true;
+  for (const engine::EncoderInfo &e : engine_.encoders()) {
+    auto rows = [&](const char *result) {
+      return static_cast<uint64_t>(registry_
+                                       .counter("jit_cache_rows_total",
+                                                "Samples looked up in the cache, by encoder and result",
+                                                {{"encoder", e.name}, {"result", result}})
+                                       .value());
+    };
+    out += std::string(first ? "" : ", ") + "{\"name\": " + json_quote(e.name) +
+           ", \"version\": " + json_quote(e.version) + ", \"rows_hit\": " + std::to_string(rows("hit")) +
+           ", \"rows_missed\": " + std::to_string(rows("miss")) + "}";
+    first = false;
+  }
+  return out + "]}";
+}
+
+std::string CacheService::prune(const std::string &body) {
+  YAML::Node root;
+  try {
+    root = body.empty() ? YAML::Node(YAML::NodeType::Map) : YAML::Load(body);
+  } catch (const YAML::Exception &e) {
+    bad(std::string("prune body is not valid JSON: ") + e.what());
+  }
+  if (!root.IsMap()) bad("prune body must be a JSON object");
+  cache::PruneSpec spec;
+  bool any = false;
+  for (auto it = root.begin(); it != root.end(); ++it) {
+    const std::string key = it->first.Scalar();
+    const YAML::Node &v = it->second;
+    auto number = [&](const char *what) -> uint64_t {
+      try {
+        const long long n = v.as<long long>();
+        if (n < 0) throw YAML::Exception(YAML::Mark(), "negative");
+        return static_cast<uint64_t>(n);
+      } catch (const YAML::Exception &) {
+        bad(std::string("prune.") + what + " must be a non-negative integer");
+      }
+    };
+    if (key == "version") {
+      spec.version = v.Scalar();
+    } else if (key == "encoder") {
+      spec.encoder = v.Scalar();
+    } else if (key == "older_than_s") {
+      spec.older_than_unix_ms = cache::now_unix_ms() - static_cast<int64_t>(number("older_than_s")) * 1000;
+    } else if (key == "max_bytes") {
+      spec.max_bytes = number("max_bytes");
+    } else if (key == "stale") {
+      if (v.Scalar() != "true" && v.Scalar() != "false") bad("prune.stale must be true or false");
+      if (v.Scalar() == "true") {
+        for (const engine::EncoderInfo &e : engine_.encoders())
+          spec.stale_except[e.name] = e.version;
+      }
+    } else {
+      bad("prune: unknown key '" + key + "' (known: version, encoder, older_than_s, max_bytes, stale)");
+    }
+    any = true;
+  }
+  if (!any) bad("prune: give at least one of version, older_than_s, max_bytes, stale");
+  if (spec.encoder && !spec.version) bad("prune.encoder narrows prune.version: give a version too");
+  flush();
+  const cache::PruneResult r = cache_->prune(spec);
+  return "{\"entries\": " + std::to_string(r.entries) + ", \"bytes\": " + std::to_string(r.bytes) + "}";
+}
+
+} // namespace jit::server
