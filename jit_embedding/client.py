@@ -304,8 +304,18 @@ class EmbeddingClient:
                     row_keys.append(str(keys[i]) if n_rows == 1 else f"{keys[i]}#{r}")
             rows_per_sample.append(n_rows)
         params_bytes = b"" if not params else json.dumps(params, sort_keys=True, separators=(",", ":")).encode()
+        max_batch = int(spec.get("batching", {}).get("max_batch_size", 0))
         native = self._native.submit_rows(
-            encoder, rows, row_keys, params_bytes, token_inputs, seq_outputs, cache, affinity_key or "", deadline
+            encoder,
+            rows,
+            row_keys,
+            params_bytes,
+            token_inputs,
+            seq_outputs,
+            max_batch,
+            cache,
+            affinity_key or "",
+            deadline,
         )
         return ManyFuture(native, rows_per_sample)
 

@@ -146,7 +146,8 @@ RowsResponse Client::State::run_rows(const RowsRequest &req, Clock::time_point s
   std::vector<size_t> todo(n);
   for (size_t r = 0; r < n; ++r)
     todo[r] = r;
-  std::string version; // of the rows served from a cache so far
+  std::string version;                     // the newest version a server named
+  std::vector<std::string> row_version(n); // the version each row's outputs are of
   auto keep_misses = [&](const std::vector<bool> &served) {
     std::vector<size_t> rest;
     for (size_t r : todo) {
@@ -165,6 +166,7 @@ RowsResponse Client::State::run_rows(const RowsRequest &req, Clock::time_point s
         for (const Tensor &t : e->tensors())
           out.outputs[r].push_back(with_batch_dim(t));
         out.sources[r] = RowSource::kLocalCache;
+        row_version[r] = *v;
         served[r] = true;
       }
       keep_misses(served);
@@ -180,19 +182,20 @@ RowsResponse Client::State::run_rows(const RowsRequest &req, Clock::time_point s
     out.bytes_sent += body.size() * static_cast<uint64_t>(attempts);
     return read_answer(std::move(ex.body), options, enc, out.endpoint);
   };
-  if (!todo.empty() && req.cache == CacheMode::kUse) {
+  for (size_t begin = 0; req.cache == CacheMode::kUse && begin < todo.size();) {
+    const size_t end = std::min(todo.size(), begin + kMaxLookupRows);
     msgpack::sbuffer sb;
     msgpack::packer<msgpack::sbuffer> pk(sb);
     pk.pack_map(2);
     pk.pack(std::string_view("encoder"));
     pk.pack(std::string_view(enc));
     pk.pack(std::string_view("digests"));
-    pk.pack_array(static_cast<uint32_t>(todo.size()));
-    for (size_t r : todo) {
+    pk.pack_array(static_cast<uint32_t>(end - begin));
+    for (size_t j = begin; j < end; ++j) {
       char b[16];
       for (int i = 0; i < 8; ++i) {
-        b[i] = static_cast<char>(digests[r].high() >> (56 - 8 * i));
-        b[8 + i] = static_cast<char>(digests[r].low() >> (56 - 8 * i));
+        b[i] = static_cast<char>(digests[todo[j]].high() >> (56 - 8 * i));
+        b[8 + i] = static_cast<char>(digests[todo[j]].low() >> (56 - 8 * i));
       }
       pk.pack_bin(16);
       pk.pack_bin_body(b, 16);
@@ -200,22 +203,25 @@ RowsResponse Client::State::run_rows(const RowsRequest &req, Clock::time_point s
     Answer a = exchange("/v1/cache/lookup", codec::encode({}, std::string(sb.data(), sb.size()), {}));
     confirm_version(enc, a.version);
     if (!version.empty() && version != a.version) {
-      // The local hits were of the version before an update: serve nothing from them.
+      // Hits so far were of the version before an update: serve none of them, start over.
       for (size_t r = 0; r < n; ++r) {
-        if (out.sources[r] != RowSource::kLocalCache) continue;
+        if (out.sources[r] == RowSource::kComputed) continue;
         out.outputs[r].clear();
         out.sources[r] = RowSource::kComputed;
-        todo.push_back(r);
       }
-      std::sort(todo.begin(), todo.end());
+      todo.resize(n);
+      for (size_t r = 0; r < n; ++r)
+        todo[r] = r;
+      version = a.version;
+      begin = 0;
+      continue;
     }
     version = a.version;
-    std::vector<bool> served(n, false);
     size_t next = 0;
     for (int64_t idx : a.hits) {
-      if (idx < 0 || static_cast<size_t>(idx) >= todo.size())
+      if (idx < 0 || static_cast<size_t>(idx) >= end - begin)
         throw bad_answer(enc, out.endpoint, "lookup hit index " + std::to_string(idx) + " is out of range");
-      const size_t r = todo[static_cast<size_t>(idx)];
+      const size_t r = todo[begin + static_cast<size_t>(idx)];
       const std::string prefix = std::to_string(idx) + "/";
       for (; next < a.tensors.size() && a.tensors[next].name.rfind(prefix, 0) == 0; ++next) {
         Tensor t = with_batch_dim(a.tensors[next]);
@@ -224,84 +230,101 @@ RowsResponse Client::State::run_rows(const RowsRequest &req, Clock::time_point s
       }
       if (out.outputs[r].empty()) throw bad_answer(enc, out.endpoint, "lookup hit " + prefix + " has no outputs");
       out.sources[r] = RowSource::kServerCache;
-      served[r] = true;
+      row_version[r] = a.version;
     }
+    begin = end;
+  }
+  {
+    std::vector<bool> served(n, false);
+    for (size_t r = 0; r < n; ++r)
+      served[r] = out.sources[r] != RowSource::kComputed;
     keep_misses(served);
   }
 
-  // 4. Only the misses go up, padded to the longest of them; twice when an update raced us.
+  // 4. Only the misses go up, max_batch_size rows at a time, padded to the longest of them;
+  // twice when an update raced us.
   for (int round = 0; !todo.empty(); ++round) {
-    std::vector<Tensor> stacked;
-    std::vector<TensorView> views;
-    for (size_t i = 0; i < first.size(); ++i) {
-      std::vector<TensorView> parts;
-      for (size_t r : todo)
-        parts.push_back(req.rows[r][i].view());
-      auto tok = req.spec.token_inputs.find(first[i].name);
-      const bool pad = tok != req.spec.token_inputs.end();
+    const std::vector<size_t> misses = std::move(todo);
+    todo.clear();
+    const size_t step = req.spec.max_batch_size ? req.spec.max_batch_size : misses.size();
+    for (size_t begin = 0; begin < misses.size(); begin += step) {
+      const std::vector<size_t> chunk(misses.begin() + static_cast<std::ptrdiff_t>(begin),
+                                      misses.begin() +
+                                          static_cast<std::ptrdiff_t>(std::min(misses.size(), begin + step)));
+      std::vector<Tensor> stacked;
+      std::vector<TensorView> views;
+      for (size_t i = 0; i < first.size(); ++i) {
+        std::vector<TensorView> parts;
+        for (size_t r : chunk)
+          parts.push_back(req.rows[r][i].view());
+        auto tok = req.spec.token_inputs.find(first[i].name);
+        const bool pad = tok != req.spec.token_inputs.end();
+        try {
+          stacked.push_back(
+              concat_rows(first[i].name, parts, pad ? tok->second.first : -1, pad ? tok->second.second : 0));
+        } catch (const std::invalid_argument &e) {
+          throw invalid(enc, e.what());
+        }
+        views.push_back(stacked.back().view());
+      }
+      msgpack::sbuffer sb;
+      msgpack::packer<msgpack::sbuffer> pk(sb);
+      pk.pack_map(1 + (tokens ? 1 : 0) + (req.keys.empty() ? 0 : 1) + (req.params.empty() ? 0 : 1));
+      pk.pack(std::string_view("cache"));
+      pk.pack(std::string_view(mode_name(req.cache)));
+      if (tokens) {
+        pk.pack(std::string_view("lengths"));
+        pk.pack_array(static_cast<uint32_t>(chunk.size()));
+        for (size_t r : chunk)
+          pk.pack_int64(lengths[r]);
+      }
+      if (!req.keys.empty()) {
+        pk.pack(std::string_view("keys"));
+        pk.pack_array(static_cast<uint32_t>(chunk.size()));
+        for (size_t r : chunk)
+          pk.pack(req.keys[r]);
+      }
+      if (!req.params.empty()) {
+        pk.pack(std::string_view("params"));
+        pk.pack_bin(static_cast<uint32_t>(req.params.size()));
+        pk.pack_bin_body(req.params.data(), static_cast<uint32_t>(req.params.size()));
+      }
+      std::string frame;
       try {
-        stacked.push_back(
-            concat_rows(first[i].name, parts, pad ? tok->second.first : -1, pad ? tok->second.second : 0));
-      } catch (const std::invalid_argument &e) {
+        frame = codec::encode(views, std::string(sb.data(), sb.size()), {});
+      } catch (const codec::CodecError &e) {
         throw invalid(enc, e.what());
       }
-      views.push_back(stacked.back().view());
-    }
-    msgpack::sbuffer sb;
-    msgpack::packer<msgpack::sbuffer> pk(sb);
-    pk.pack_map(1 + (tokens ? 1 : 0) + (req.keys.empty() ? 0 : 1) + (req.params.empty() ? 0 : 1));
-    pk.pack(std::string_view("cache"));
-    pk.pack(std::string_view(mode_name(req.cache)));
-    if (tokens) {
-      pk.pack(std::string_view("lengths"));
-      pk.pack_array(static_cast<uint32_t>(todo.size()));
-      for (size_t r : todo)
-        pk.pack_int64(lengths[r]);
-    }
-    if (!req.keys.empty()) {
-      pk.pack(std::string_view("keys"));
-      pk.pack_array(static_cast<uint32_t>(todo.size()));
-      for (size_t r : todo)
-        pk.pack(req.keys[r]);
-    }
-    if (!req.params.empty()) {
-      pk.pack(std::string_view("params"));
-      pk.pack_bin(static_cast<uint32_t>(req.params.size()));
-      pk.pack_bin_body(req.params.data(), static_cast<uint32_t>(req.params.size()));
-    }
-    std::string frame;
-    try {
-      frame = codec::encode(views, std::string(sb.data(), sb.size()), {});
-    } catch (const codec::CodecError &e) {
-      throw invalid(enc, e.what());
-    }
-    stacked.clear();
-    Answer a = exchange("/v1/encode/" + enc, frame);
-    confirm_version(enc, a.version);
-    for (const Tensor &t : a.tensors) {
-      if (t.shape.empty() || static_cast<size_t>(t.shape[0]) != todo.size())
-        throw bad_answer(enc, out.endpoint, "output '" + t.name + "' does not have one row per sample");
-    }
-    for (size_t j = 0; j < todo.size(); ++j) {
-      const size_t r = todo[j];
+      stacked.clear();
+      Answer a = exchange("/v1/encode/" + enc, frame);
+      confirm_version(enc, a.version);
       for (const Tensor &t : a.tensors) {
-        auto seq = req.spec.seq_outputs.find(t.name);
-        out.outputs[r].push_back(
-            slice_rows(t, j, 1, seq != req.spec.seq_outputs.end() ? seq->second : -1, tokens ? lengths[r] : -1));
+        if (t.shape.empty() || static_cast<size_t>(t.shape[0]) != chunk.size())
+          throw bad_answer(enc, out.endpoint, "output '" + t.name + "' does not have one row per sample");
       }
+      for (size_t j = 0; j < chunk.size(); ++j) {
+        const size_t r = chunk[j];
+        for (const Tensor &t : a.tensors) {
+          auto seq = req.spec.seq_outputs.find(t.name);
+          out.outputs[r].push_back(
+              slice_rows(t, j, 1, seq != req.spec.seq_outputs.end() ? seq->second : -1, tokens ? lengths[r] : -1));
+        }
+        out.sources[r] = RowSource::kComputed;
+        row_version[r] = a.version;
+      }
+      version = a.version;
+    }
+    // An in-place update landed while this request ran: rows of the old version go again.
+    for (size_t r = 0; r < n; ++r) {
+      if (row_version[r] == version) continue;
+      out.outputs[r].clear();
       out.sources[r] = RowSource::kComputed;
+      todo.push_back(r);
     }
-    const bool raced = !version.empty() && version != a.version;
-    version = a.version;
-    todo.clear();
-    if (raced && round == 0) {
-      // Rows served from a cache are of the old version: encode them again on the new one.
-      for (size_t r = 0; r < n; ++r) {
-        if (out.sources[r] == RowSource::kComputed) continue;
-        out.outputs[r].clear();
-        todo.push_back(r);
-      }
-    }
+    if (!todo.empty() && round >= 2)
+      throw ClientError(ClientError::Kind::kHttp, out.endpoint, enc, 200, "",
+                        "jit-embedding client: encoder '" + enc +
+                            "' changed version during the request three times; giving up");
   }
   out.version = version;
 

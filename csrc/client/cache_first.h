@@ -7,11 +7,12 @@
 //      params and the row's inputs at its own length), or the digest of the user's sample key;
 //   2. the local cache (ClientOptions::local_cache_dir), when the encoder's version was confirmed
 //      by a server within local_cache_version_ttl: the key binds that version;
-//   3. POST /v1/cache/lookup with the remaining digests (cache mode "use"): the server binds
-//      them to the version it serves now and answers the hits;
-//   4. POST /v1/encode/{encoder} with only the rows that missed, token inputs right-padded to
-//      the longest of them with their pad value, and meta {"lengths", "keys", "params", "cache"}
-//      so that the server hashes and stores each row at its own length;
+//   3. POST /v1/cache/lookup with the remaining digests (cache mode "use"; kMaxLookupRows per
+//      request): the server binds them to the version it serves now and answers the hits;
+//   4. POST /v1/encode/{encoder} with only the rows that missed, max_batch_size rows per
+//      request, token inputs right-padded to the longest of them with their pad value, and meta
+//      {"lengths", "keys", "params", "cache"} so that the server hashes and stores each row at
+//      its own length;
 //   5. every row's outputs, cut back to its own length; server hits and computed rows go into the
 //      local cache.
 // Each request goes through the client's retries, balancing and deadline. When the encode answer
@@ -31,6 +32,9 @@
 
 namespace jit::client {
 
+// Digests per POST /v1/cache/lookup (the server's cache.max_lookup_keys defaults to 4096).
+inline constexpr size_t kMaxLookupRows = 1024;
+
 enum class CacheMode {
   kUse,     // read and write every cache
   kRefresh, // compute and overwrite: skips the lookups, the server recomputes and stores
@@ -41,6 +45,7 @@ enum class CacheMode {
 struct RowSpec {
   std::map<std::string, std::pair<int, int64_t>> token_inputs; // name -> (seq_dim, pad_value)
   std::map<std::string, int> seq_outputs;                      // name -> seq_dim
+  size_t max_batch_size = 0; // rows per encode request (the encoder's max_batch_size); 0: no limit
 };
 
 struct RowsRequest {

@@ -65,9 +65,12 @@ class Running:
             return self.proc.wait()
 
 
-def write_config(folder: Path, encoders: list[dict], server: dict | None = None) -> Path:
+def write_config(folder: Path, encoders: list[dict], server: dict | None = None, cache: dict | None = None) -> Path:
     path = folder / "server.yaml"
-    path.write_text(yaml.safe_dump({"server": server or {}, "encoders": encoders}, sort_keys=False))
+    config = {"server": server or {}, "encoders": encoders}
+    if cache is not None:
+        config["cache"] = cache
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
 
