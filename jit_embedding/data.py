@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import itertools
 import multiprocessing
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -72,6 +73,10 @@ class _WorkerStats:
         for name, value in values.items():
             self._values[base + _STAT_NAMES.index(name)] = value
 
+    def get(self, *names: str) -> dict[str, float]:
+        base = self.slot() * len(_STAT_NAMES)
+        return {name: self._values[base + _STAT_NAMES.index(name)] for name in names}
+
     def read(self) -> list[dict[str, float]]:
         """One dict per slot that has seen a sample: {"worker": -1 for the main process, ...}."""
         out = []
@@ -108,6 +113,10 @@ class _Fetcher:
         self.deadline_s = deadline_s
         self.sample_key = sample_key
         self.cache = cache
+        # A worker slot outlives its process (DataLoader starts new workers every epoch unless
+        # persistent_workers), while the client's totals start again in each: carry them over.
+        self._pid = -1
+        self._carried: dict[str, float] = {}
 
     def submit(self, samples: Sequence[Any]) -> list[tuple[str, Any, float]]:
         pending = []
@@ -147,7 +156,10 @@ class _Fetcher:
                 totals[k] += float(row.get(k, 0))
         if hasattr(self.client, "cache_stats"):
             totals.update({k: float(v) for k, v in self.client.cache_stats().items()})
-        self.stats.set(**totals)
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._carried = self.stats.get(*totals)
+        self.stats.set(**{k: self._carried[k] + v for k, v in totals.items()})
 
 
 class JITEmbeddingDataset(Dataset):

@@ -112,6 +112,24 @@ def test_every_sample_once_in_order_equal_to_local(servers, workers, context):
     assert all(row["bytes_sent"] > 0 and row["latency_s"] > 0 for row in stats)
 
 
+def test_stats_add_up_over_epochs_with_new_workers_and_later_epochs_hit(tmp_path):
+    # A server of its own, so that the first epoch computes everything.
+    (server,) = start_servers(tmp_path, 1)
+    try:
+        ds = JITEmbeddingDataset(data_fixtures.Numbers(N), FIELDS, client_for([server]))
+        loader = DataLoader(ds, batch_size=8, num_workers=2, collate_fn=data_fixtures.identity_collate)
+        for _epoch in range(2):  # each epoch starts new worker processes (persistent_workers=False)
+            for s in flatten(loader):
+                check_sample(s)
+        stats = ds.worker_stats()
+        assert sum(r["samples"] for r in stats) == 2 * N
+        computed = sum(r["rows_computed"] for r in stats)
+        hits = sum(r["rows_server_cache"] for r in stats)
+        assert computed == N * len(FIELDS) and hits == N * len(FIELDS), stats
+    finally:
+        server.stop()
+
+
 def test_distributed_sampler_order_is_kept(servers):
     ds = JITEmbeddingDataset(data_fixtures.Numbers(N), FIELDS, client_for(servers))
     sampler = DistributedSampler(ds, num_replicas=2, rank=1, shuffle=True, seed=7)
