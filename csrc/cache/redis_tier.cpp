@@ -12,6 +12,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <csignal>
+#include <cstdio>
 #include <mutex>
 #include <vector>
 
@@ -89,7 +90,10 @@ struct Reply {
 class RedisTier final : public Tier {
 public:
   RedisTier(const CacheSettings &s, metrics::Registry &registry)
-      : settings_(s), url_(parse_url(s.redis_url)), metrics_(registry, name_) {
+      : settings_(s), url_(parse_url(s.redis_url)), metrics_(registry, name_),
+        up_(registry.gauge("jit_cache_tier_up", "Whether a cache tier answers (Redis: 0 during an outage)",
+                           {{"tier", name_}})) {
+    up_.set(1);
     // hiredis writes with write(2): a peer that went away would raise SIGPIPE and kill the process.
     struct sigaction old {};
     if (sigaction(SIGPIPE, nullptr, &old) == 0 && old.sa_handler == SIG_DFL) std::signal(SIGPIPE, SIG_IGN);
@@ -193,6 +197,12 @@ private:
       std::lock_guard<std::mutex> lock(mu_);
       if (ok) {
         idle_.push_back(c);
+        if (down_) {
+          down_ = false;
+          up_.set(1);
+          std::fprintf(stderr, "jit-embedding cache: redis at %s:%d is back; using it again\n", url_.host.c_str(),
+                       url_.port);
+        }
       } else {
         redisFree(c);
         --open_;
@@ -206,6 +216,15 @@ private:
   // attempt after the pause reconnects instead of tripping over a stale socket.
   void mark_down_locked() {
     down_until_ = Clock::now() + std::chrono::milliseconds(settings_.redis_retry_after_ms);
+    if (!down_) {
+      // Once per outage, not per request: the lower tiers and the encoder carry on meanwhile.
+      down_ = true;
+      up_.set(0);
+      std::fprintf(stderr,
+                   "jit-embedding cache: warning: redis at %s:%d is unreachable or failing; serving from the other "
+                   "tiers and retrying every %d ms\n",
+                   url_.host.c_str(), url_.port, settings_.redis_retry_after_ms);
+    }
     for (redisContext *c : idle_)
       redisFree(c);
     open_ -= idle_.size();
@@ -249,6 +268,8 @@ private:
   std::vector<redisContext *> idle_;
   size_t open_ = 0; // connections in idle_ or lent out
   Clock::time_point down_until_{};
+  bool down_ = false; // between a failure and the next command that works (guarded by mu_)
+  metrics::Gauge &up_;
 };
 
 } // namespace
