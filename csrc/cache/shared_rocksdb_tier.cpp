@@ -1,42 +1,36 @@
 // The shared RocksDB tier: one cache directory used at once by many processes of one node (every
-// DataLoader worker of a training job, forked or spawned, coming and going each epoch), where plain
-// RocksDB lets one process open a database read-write.
+// DataLoader worker of a job, forked or spawned, coming and going each epoch), although RocksDB lets
+// only one process open a database read-write. The directory (settings.rocksdb_path) holds slots:
+//   slot-NNN/          a RocksDB database, written only by the process holding slot-NNN.lock
+//   slot-NNN.lock      flock()ed by that process while it lives (the kernel drops the lock when it
+//                      dies); its first 16 bytes publish the slot's entry bytes for the others
+//   slot-NNN.readers/  the owner's secondary-instance directories (removed on close, or by the slot's
+//                      next owner after a crash)
+// A process claims the lowest free slot below rocksdb_shared_max_slots (none free: CacheError) and
+// writes only there. It reads every other slot through a RocksDB secondary instance, caught up with
+// its primary (TryCatchUpWithPrimary) at most every rocksdb_shared_refresh_ms, on a lookup; new slots
+// are opened as soon as the directory changes (one stat() per lookup). The slot of an exited or
+// crashed process stays readable (a secondary replays a closed database's log) and is reused, with
+// its entries, by the next process.
 //
-// The directory (settings.rocksdb_path) holds numbered slots:
-//   slot-NNN/          a RocksDB database, written only by the process that holds slot-NNN.lock
-//   slot-NNN.lock      flock()ed exclusively by that process while it lives (the kernel drops the lock
-//                      when it dies); its first 16 bytes publish the slot's entry bytes (value, then its
-//                      complement, so a torn read is detected) for the other processes' size accounting
-//   slot-NNN.readers/  the secondary-instance directories of slot NNN's owner: removed when it closes,
-//                      and by the next owner of the slot after a crash
-// A process claims the lowest free slot below rocksdb_shared_max_slots and opens it as its primary,
-// the only database it writes. It reads every other slot through a RocksDB secondary instance: those
-// catch up with their primaries (TryCatchUpWithPrimary) at most every rocksdb_shared_refresh_ms, on a
-// lookup, and the secondaries of new slots are opened as soon as the directory changes (one stat() per
-// lookup). A slot whose owner has exited or crashed stays readable (a secondary of a closed database
-// replays its log) and is reused, with its entries, by the next process. No slot free: CacheError.
+// get: its own slot, then the others in slot order; a verified Entry or a miss. A corrupt value is
+// counted; in its own slot it is deleted, in another it is skipped (a later prune of that slot deletes
+// it). put: its own slot. erase: deletes from its own slot and remembers the key (up to 65536 keys) so
+// this process stops serving it from other slots, whose copies stay until their slot is pruned.
 //
-// get: its own slot, then the others in slot order; a verified Entry or a miss. A corrupt value in its
-// own slot is deleted; in another slot it is counted and skipped (a later prune of that slot deletes
-// it). put: its own slot only. erase: deletes from its own slot, and remembers the key (the last 65536)
-// so this process no longer serves it from other slots, whose copies stay until their slot is pruned.
+// Size: rocksdb_max_bytes bounds the directory as a whole (entries' key + value bytes; the disk of
+// deleted entries comes back when RocksDB compacts). A writer counts its own slot exactly and the
+// others from what they publish. Past the limit, it prunes in one oldest-first pass its own slot
+// together with every slot no live process holds (it locks them for the pass: "adopts" them), down to
+// rocksdb_prune_to_fraction of the limit less what live processes hold, but not below that fraction of
+// its share (limit / slots), so newcomers are not starved; live processes prune their own slots.
+// prune(spec) also covers its own and every free slot: a process that can lock every slot prunes all.
 //
-// Size: rocksdb_max_bytes bounds the directory as a whole (the entries' key and value bytes; RocksDB
-// reclaims the disk of deleted entries when it compacts). A writer tracks its own slot exactly and
-// the others from what they publish. When the total passes the limit, it prunes, in one joint
-// oldest-first pass, its own slot together with every slot no live process holds (it takes their
-// lock for the pass: "adopts" them) down to rocksdb_prune_to_fraction of the limit minus what live
-// processes hold, but never below that fraction of its share (limit / number of slots), so a newcomer
-// is not starved by the others; slots held by live processes are pruned by their owners. prune(spec)
-// likewise covers its own and every free slot, so a process that can claim every slot prunes all.
-//
-// fork(): a child must not use its parent's databases (their background threads do not exist in it,
-// their locks are the parent's). Every call compares getpid() with the slots' owner; the child's first
-// call closes only its copies of the parent's lock descriptors (flock locks belong to the shared open
-// file description, which the parent keeps, so the parent keeps its lock), leaves every other parent
-// handle untouched (leaked), and claims a slot of its own. With no free slot the child reads only.
-// Each process's databases run their flushes and compactions on threads of their own (OwnThreadsEnv):
-// RocksDB's default thread pools believe, in a child, that the parent's threads still run.
+// fork(): a child must not use its parent's databases (their threads do not exist in it, their locks
+// are the parent's): every call compares getpid() with the slots' owner, and a child's first call
+// closes only its copies of the parent's lock descriptors (the parent's own descriptors keep its flock
+// locks), leaks every other parent handle untouched, and claims a slot of its own (none free: reads
+// only). Databases run background work on the process's own threads (OwnThreadsEnv).
 #include "cache/cache.h"
 
 #ifdef JIT_HAVE_ROCKSDB
@@ -70,7 +64,6 @@
 #include "cache/cache_internal.h"
 
 namespace jit::cache {
-
 namespace {
 
 namespace fs = std::filesystem;
@@ -88,13 +81,9 @@ std::string slot_name(size_t slot) {
 
 // "slot-NNN" (a slot's database directory) -> NNN.
 bool parse_slot_name(const std::string &name, size_t *slot) {
-  if (name.size() != 8 || name.compare(0, 5, "slot-") != 0) return false;
-  size_t v = 0;
-  for (size_t i = 5; i < 8; ++i) {
-    if (name[i] < '0' || name[i] > '9') return false;
-    v = v * 10 + static_cast<size_t>(name[i] - '0');
-  }
-  *slot = v;
+  if (name.size() != 8 || name.compare(0, 5, "slot-") != 0 || !std::all_of(name.begin() + 5, name.end(), ::isdigit))
+    return false;
+  *slot = std::stoul(name.substr(5));
   return true;
 }
 
@@ -103,74 +92,79 @@ int64_t steady_ms() {
       .count();
 }
 
+// Host byte order: only processes of this node read it.
 void publish_bytes(int fd, uint64_t bytes) {
-  unsigned char buf[16];
-  for (int i = 0; i < 8; ++i) {
-    buf[i] = static_cast<unsigned char>(bytes >> (8 * i));
-    buf[8 + i] = static_cast<unsigned char>(~bytes >> (8 * i));
-  }
-  ssize_t n = ::pwrite(fd, buf, sizeof buf, 0);
+  const uint64_t v[2] = {bytes, ~bytes};
+  ssize_t n = ::pwrite(fd, v, sizeof v, 0);
   (void)n; // a failed publish only makes the others estimate this slot's size
 }
 
 // What the slot's owner last published; nullopt when never written or caught mid-write.
 std::optional<uint64_t> read_published(int fd) {
-  unsigned char buf[16];
-  if (::pread(fd, buf, sizeof buf, 0) != static_cast<ssize_t>(sizeof buf)) return std::nullopt;
-  uint64_t v = 0, check = 0;
-  for (int i = 0; i < 8; ++i) {
-    v |= static_cast<uint64_t>(buf[i]) << (8 * i);
-    check |= static_cast<uint64_t>(buf[8 + i]) << (8 * i);
-  }
-  if (v != ~check) return std::nullopt;
-  return v;
+  uint64_t v[2];
+  if (::pread(fd, v, sizeof v, 0) != static_cast<ssize_t>(sizeof v) || v[0] != ~v[1]) return std::nullopt;
+  return v[0];
 }
 
-// RocksDB's own estimate of a database's entry bytes (files and memtables).
+// RocksDB's estimate of a database's entry bytes (its table files), when nothing was published.
 uint64_t approximate_bytes(rocksdb::DB *db) {
-  rocksdb::SizeApproximationOptions opts;
-  opts.include_memtables = true;
-  opts.include_files = true;
-  const std::string lo, hi(17, '\xff'); // above every 16-byte key
-  rocksdb::Range range(lo, hi);
-  uint64_t size = 0;
-  db->GetApproximateSizes(opts, db->DefaultColumnFamily(), &range, 1, &size);
-  return size;
+  uint64_t live = 0;
+  db->GetIntProperty("rocksdb.estimate-live-data-size", &live);
+  return live;
 }
 
-// An Env whose background jobs run on two threads of its own: flushes (HIGH) and everything else.
-// RocksDB's default pools are shared process-wide and, in a forked child, count the parent's threads
-// as running: a child's flushes would never run and its writes would stall once its memtables fill.
+// An Env whose background jobs run on threads of its own: one for flushes (HIGH), one for
+// compactions (LOW), so a flush never waits behind a long compaction. RocksDB's default pools are
+// process-wide and, in a forked child, count the parent's threads as running: the child's flushes
+// would never run and its writes would stall once its memtables fill.
 class OwnThreadsEnv final : public rocksdb::EnvWrapper {
 public:
   OwnThreadsEnv() : rocksdb::EnvWrapper(rocksdb::Env::Default()) {
-    for (auto &q : queues_)
-      q.thread = std::thread([&q] { q.run(); });
+    for (int q = 0; q < 2; ++q)
+      threads_[q] = std::thread([this, q] { run(q); });
   }
   ~OwnThreadsEnv() override {
-    for (auto &q : queues_)
-      q.stop();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
+    for (int q = 0; q < 2; ++q) {
+      cv_[q].notify_all();
+      threads_[q].join();
+    }
   }
 
   const char *Name() const override { return "JitOwnThreadsEnv"; }
   void Schedule(void (*fn)(void *), void *arg, Priority pri, void *tag, void (*unsched)(void *)) override {
-    queue(pri).push({fn, arg, tag, unsched});
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      jobs_[index(pri)].push_back({fn, arg, tag, unsched});
+    }
+    cv_[index(pri)].notify_one();
   }
-  int UnSchedule(void *tag, Priority pri) override { return queue(pri).unschedule(tag); }
+  int UnSchedule(void *tag, Priority pri) override {
+    std::vector<Job> removed;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto &jobs = jobs_[index(pri)];
+      auto keep = std::stable_partition(jobs.begin(), jobs.end(), [&](const Job &j) { return j.tag != tag; });
+      removed.assign(keep, jobs.end());
+      jobs.erase(keep, jobs.end());
+    }
+    for (const Job &j : removed)
+      if (j.unsched) j.unsched(j.arg); // RocksDB's contract: each removed job's cleanup runs
+    return static_cast<int>(removed.size());
+  }
   unsigned int GetThreadPoolQueueLen(Priority pri) const override {
-    const Queue &q = queues_[pri == HIGH ? 0 : 1];
-    std::lock_guard<std::mutex> lock(q.mu);
-    return static_cast<unsigned int>(q.jobs.size());
+    std::lock_guard<std::mutex> lock(mu_);
+    return static_cast<unsigned int>(jobs_[index(pri)].size());
   }
-  // One flush and one compaction thread; no BOTTOM pool, so RocksDB schedules nothing there.
+  // No BOTTOM (or USER) pool: RocksDB then schedules nothing there.
   int GetBackgroundThreads(Priority pri) override { return pri == HIGH || pri == LOW ? 1 : 0; }
   void SetBackgroundThreads(int, Priority) override {}
   void IncBackgroundThreadsIfNeeded(int, Priority) override {}
   int ReserveThreads(int, Priority) override { return 0; }
   int ReleaseThreads(int, Priority) override { return 0; }
-  void LowerThreadPoolIOPriority(Priority) override {}
-  void LowerThreadPoolCPUPriority(Priority) override {}
-  rocksdb::Status LowerThreadPoolCPUPriority(Priority, rocksdb::CpuPriority) override { return rocksdb::Status::OK(); }
 
 private:
   struct Job {
@@ -179,65 +173,30 @@ private:
     void *tag;
     void (*unsched)(void *);
   };
-  struct Queue {
-    mutable std::mutex mu;
-    std::condition_variable cv;
-    std::deque<Job> jobs;
-    bool stopping = false;
-    std::thread thread;
 
-    void push(Job j) {
-      {
-        std::lock_guard<std::mutex> lock(mu);
-        jobs.push_back(j);
-      }
-      cv.notify_one();
-    }
-    int unschedule(void *tag) {
-      std::vector<Job> removed;
-      {
-        std::lock_guard<std::mutex> lock(mu);
-        for (auto it = jobs.begin(); it != jobs.end();) {
-          if (it->tag == tag) {
-            removed.push_back(*it);
-            it = jobs.erase(it);
-          } else {
-            ++it;
-          }
-        }
-      }
-      for (const Job &j : removed)
-        if (j.unsched) j.unsched(j.arg); // RocksDB's contract: each removed job's cleanup runs
-      return static_cast<int>(removed.size());
-    }
-    void run() {
-      std::unique_lock<std::mutex> lock(mu);
-      for (;;) {
-        cv.wait(lock, [&] { return stopping || !jobs.empty(); });
-        if (jobs.empty()) return; // stopping, and nothing left to run
-        Job j = jobs.front();
-        jobs.pop_front();
-        lock.unlock();
-        j.fn(j.arg);
-        lock.lock();
-      }
-    }
-    void stop() {
-      {
-        std::lock_guard<std::mutex> lock(mu);
-        stopping = true;
-      }
-      cv.notify_all();
-      if (thread.joinable()) thread.join();
-    }
-  };
+  static int index(Priority pri) { return pri == HIGH ? 0 : 1; }
 
-  Queue &queue(Priority pri) { return queues_[pri == HIGH ? 0 : 1]; }
-  Queue queues_[2];
+  void run(int q) {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      cv_[q].wait(lock, [&] { return stopping_ || !jobs_[q].empty(); });
+      if (jobs_[q].empty()) return; // stopping, and nothing left to run
+      Job j = jobs_[q].front();
+      jobs_[q].pop_front();
+      lock.unlock();
+      j.fn(j.arg);
+      lock.lock();
+    }
+  }
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_[2];
+  std::deque<Job> jobs_[2]; // [0]: flushes, [1]: the rest
+  bool stopping_ = false;
+  std::thread threads_[2];
 };
 
-// A secondary instance of another process's slot.
-struct Reader {
+struct Reader { // a secondary instance of another process's slot
   size_t slot;
   std::unique_ptr<rocksdb::DB> db;
   std::atomic<uint64_t> bytes{0}; // as published by its owner, else RocksDB's estimate
@@ -247,21 +206,20 @@ struct Reader {
 // threads of their databases. Used only by the process that created it (see the file comment).
 class Slots {
 public:
-  enum class Mode {
-    kClaim,       // claim a slot or throw CacheError
-    kClaimOrRead, // claim a slot, or read the others only
-    kNothing,     // hold nothing: every get misses, every put is dropped
-  };
+  // kClaim: claim a slot or throw CacheError. kClaimOrRead (never throws): claim a slot, else read the
+  // others only, else (no usable directory) hold nothing: every get misses, every put is dropped.
+  enum class Mode { kClaim, kClaimOrRead };
 
   Slots(const CacheSettings &s, TierMetrics &metrics, Mode mode)
       : pid_(::getpid()), settings_(s), metrics_(metrics), dir_(s.rocksdb_path),
         held_(new std::atomic<int>[kSlotLimit]) {
     for (size_t i = 0; i < kSlotLimit; ++i)
       held_[i] = -1;
-    if (mode == Mode::kNothing) return;
     std::error_code ec;
     fs::create_directories(dir_, ec);
-    if (ec) throw CacheError("cannot create the shared RocksDB cache directory '" + dir_ + "': " + ec.message());
+    if (ec && mode == Mode::kClaim)
+      throw CacheError("cannot create the shared RocksDB cache directory '" + dir_ + "': " + ec.message());
+    if (ec) return;
     env_ = std::make_unique<OwnThreadsEnv>();
     rocksdb::BlockBasedTableOptions table;
     table.block_cache = rocksdb::NewLRUCache(s.rocksdb_block_cache_bytes); // one for all the slots
@@ -270,6 +228,9 @@ public:
     primary_options_.create_if_missing = true;
     primary_options_.max_background_jobs = 2;
     primary_options_.write_buffer_size = kSlotWriteBufferBytes;
+    // Every process keeps every table file of every slot open (max_open_files below): fewer, larger
+    // files keep that within common descriptor limits.
+    primary_options_.target_file_size_base = 256ull << 20;
     primary_options_.max_open_files = -1; // required of secondaries: they read files the primary deleted
     primary_options_.keep_log_file_num = 2;
     primary_options_.stats_dump_period_sec = 0;
@@ -313,9 +274,6 @@ public:
       ::close(own_fd_); // last: the slot is free once its readers directory is gone
     }
   }
-
-  Slots(const Slots &) = delete;
-  Slots &operator=(const Slots &) = delete;
 
   pid_t pid() const { return pid_; }
 
@@ -370,6 +328,7 @@ public:
     forget_erasure(key);
     own_bytes_ += frame.size() + 16;
     publish_bytes(own_fd_, own_bytes_.load());
+    metrics_.bytes.set(static_cast<double>(own_bytes_.load() + others_bytes_.load()));
     maybe_refresh(); // fresh sizes of the other slots for the limit
     enforce_limit();
   }
@@ -402,15 +361,9 @@ public:
     }
     std::lock_guard<std::mutex> lock(prune_mu_);
     const std::optional<uint64_t> max = spec.max_bytes;
-    PruneResult res = prune_locked(
-        spec,
-        [max](uint64_t live) -> std::optional<uint64_t> {
-          if (!max) return std::nullopt;
-          return *max > live ? *max - live : 0;
-        },
-        false);
+    auto budget = [max](uint64_t live) { return max ? std::optional<uint64_t>(*max > live ? *max - live : 0) : max; };
     prune_floor_ = 0;
-    return res;
+    return prune_locked(spec, budget, false);
   }
 
 private:
@@ -467,20 +420,10 @@ private:
     publish_bytes(fd, own_bytes_.load());
   }
 
-  void release(Adopted &a) {
-    a.db->Flush(rocksdb::FlushOptions());
-    a.db.reset();
-    held_[a.slot] = -1;
-    ::close(a.fd);
-  }
-
   uint64_t slot_bytes(size_t slot, rocksdb::DB *db) const {
     int fd = ::open(lock_path(slot).c_str(), O_RDONLY | O_CLOEXEC);
-    std::optional<uint64_t> published;
-    if (fd >= 0) {
-      published = read_published(fd);
-      ::close(fd); // flock locks belong to descriptions: closing this one releases nobody's
-    }
+    auto published = fd >= 0 ? read_published(fd) : std::nullopt;
+    if (fd >= 0) ::close(fd); // flock locks belong to descriptions: closing this one releases nobody's
     return published ? *published : approximate_bytes(db);
   }
 
@@ -508,12 +451,15 @@ private:
     std::error_code ec;
     for (fs::directory_iterator it(dir_, ec), end; !ec && it != end; it.increment(ec)) {
       size_t slot = 0;
-      std::error_code ec2;
-      if (!parse_slot_name(it->path().filename().string(), &slot) || slot == own_slot_) continue;
-      if (fs::exists(it->path() / "CURRENT", ec2)) found.push_back(slot); // else not created yet
+      if (parse_slot_name(it->path().filename().string(), &slot) && slot != own_slot_ &&
+          ::access((it->path() / "CURRENT").c_str(), F_OK) == 0) // else not created yet
+        found.push_back(slot);
     }
+    std::unordered_set<size_t> have; // only this thread (holding refresh_mu_) changes readers_
+    for (const auto &r : readers_)
+      have.insert(r->slot);
     for (size_t slot : found) {
-      if (has_reader(slot) || (!full && failed_.count(slot))) continue;
+      if (have.count(slot) || (!full && failed_.count(slot))) continue;
       const std::string secondary = readers_dir_ + "/" + slot_name(slot);
       fs::create_directories(secondary, ec);
       rocksdb::DB *raw = nullptr;
@@ -542,24 +488,13 @@ private:
     update_bytes();
   }
 
-  bool has_reader(size_t slot) const {
-    std::shared_lock<std::shared_mutex> lock(readers_mu_);
-    for (const auto &r : readers_)
-      if (r->slot == slot) return true;
-    return false;
-  }
-
   void update_bytes() {
+    std::shared_lock<std::shared_mutex> lock(readers_mu_);
     uint64_t others = 0;
-    size_t n = 0;
-    {
-      std::shared_lock<std::shared_mutex> lock(readers_mu_);
-      for (const auto &r : readers_)
-        others += r->bytes.load();
-      n = readers_.size();
-    }
+    for (const auto &r : readers_)
+      others += r->bytes.load();
     others_bytes_ = others;
-    slot_count_ = n + (own_ ? 1 : 0);
+    slot_count_ = readers_.size() + (own_ ? 1 : 0);
     metrics_.bytes.set(static_cast<double>(own_bytes_.load() + others));
   }
 
@@ -574,9 +509,14 @@ private:
   // Over the limit: prunes its own slot and the free ones (see the file comment), unless it already
   // did and ended at its floor because live processes hold the rest: then it waits to pass its share.
   void enforce_limit() {
-    const uint64_t max = settings_.rocksdb_max_bytes, own = own_bytes_.load();
-    if (own + others_bytes_.load() <= max || own <= prune_floor_.load()) return;
+    const uint64_t max = settings_.rocksdb_max_bytes;
+    auto over = [&] {
+      const uint64_t own = own_bytes_.load();
+      return own + others_bytes_.load() > max && own > prune_floor_.load();
+    };
+    if (!over()) return;
     std::lock_guard<std::mutex> lock(prune_mu_);
+    if (!over()) return; // another thread's prune just ran
     const double fraction = settings_.rocksdb_prune_to_fraction;
     const uint64_t share = max / std::max<size_t>(1, slot_count_.load());
     const auto target = static_cast<uint64_t>(static_cast<double>(max) * fraction);
@@ -625,7 +565,10 @@ private:
     for (auto &a : adopted) {
       const uint64_t bytes = left[k++];
       publish_bytes(a.fd, bytes);
-      release(a);
+      a.db->Flush(rocksdb::FlushOptions());
+      a.db.reset();
+      held_[a.slot] = -1;
+      ::close(a.fd); // the slot is free again
       std::shared_lock<std::shared_mutex> lock(readers_mu_);
       for (const auto &r : readers_) {
         if (r->slot != a.slot) continue;
@@ -638,26 +581,17 @@ private:
   }
 
   bool was_erased(const CacheKey &key) {
-    if (erased_count_.load() == 0) return false;
     std::lock_guard<std::mutex> lock(erased_mu_);
-    return erased_.count(key) > 0;
+    return !erased_.empty() && erased_.count(key) > 0;
   }
-
   void remember_erasure(const CacheKey &key) {
     std::lock_guard<std::mutex> lock(erased_mu_);
-    if (erased_.insert(key).second) erased_order_.push_back(key);
-    if (erased_order_.size() > kRememberedErasures) {
-      erased_.erase(erased_order_.front());
-      erased_order_.pop_front();
-    }
-    erased_count_ = erased_.size();
+    if (erased_.size() >= kRememberedErasures) erased_.clear(); // bounded memory: forget them all at once
+    erased_.insert(key);
   }
-
   void forget_erasure(const CacheKey &key) {
-    if (erased_count_.load() == 0) return;
     std::lock_guard<std::mutex> lock(erased_mu_);
-    erased_.erase(key); // its order entry stays: dropping it later is harmless
-    erased_count_ = erased_.size();
+    erased_.erase(key);
   }
 
   const pid_t pid_;
@@ -689,8 +623,6 @@ private:
 
   std::mutex erased_mu_;
   std::unordered_set<CacheKey, CacheKeyHash> erased_;
-  std::deque<CacheKey> erased_order_;
-  std::atomic<size_t> erased_count_{0};
 };
 
 class SharedRocksDbTier final : public Tier {
@@ -714,12 +646,6 @@ public:
 private:
   // This process's slots: after a fork, the child's first call replaces its parent's (leaked).
   Slots &current() const {
-    Slots *s = slots_.load(std::memory_order_acquire);
-    if (s->pid() == ::getpid()) return *s;
-    return reopen_after_fork();
-  }
-
-  Slots &reopen_after_fork() const {
     const pid_t me = ::getpid();
     for (;;) {
       Slots *s = slots_.load(std::memory_order_acquire);
@@ -727,15 +653,14 @@ private:
       // Not a mutex: one held by a parent thread at the fork would stay locked in the child forever.
       pid_t other = reopening_.load();
       if (other != me && reopening_.compare_exchange_strong(other, me)) {
-        s->forget_inherited();
-        Slots *fresh = nullptr;
-        try {
-          fresh = new Slots(settings_, metrics_, Slots::Mode::kClaimOrRead);
-        } catch (...) {
-          fresh = new Slots(settings_, metrics_, Slots::Mode::kNothing); // get/put never throw
+        s = slots_.load(); // another thread may have just finished: its store precedes its reset below
+        if (s->pid() != me) {
+          s->forget_inherited();
+          s = new Slots(settings_, metrics_, Slots::Mode::kClaimOrRead);
+          slots_.store(s, std::memory_order_release);
         }
-        slots_.store(fresh, std::memory_order_release);
-        return *fresh;
+        reopening_ = 0;
+        return *s;
       }
       std::this_thread::yield(); // another thread of this process is reopening
     }

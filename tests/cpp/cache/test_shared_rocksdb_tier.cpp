@@ -331,7 +331,7 @@ TEST(SharedRocksDbTier, ChildForkedAfterOpenWritesItsOwnSlot) {
 TEST(SharedRocksDbTier, ParentsSlotIsFreedWhenItClosesWhileItsChildLives) {
   TempDir dir;
   const CacheSettings s = shared_settings(dir);
-  auto x = make_sample("x");
+  auto x = make_sample("x"), y = make_sample("y");
   metrics::Registry reg;
   auto tier = make_shared_rocksdb_tier(s, reg);
   tier->put(x.key, x.entry);
@@ -346,10 +346,15 @@ TEST(SharedRocksDbTier, ParentsSlotIsFreedWhenItClosesWhileItsChildLives) {
   pid_t next = spawn([&] {
     metrics::Registry r;
     auto t = make_shared_rocksdb_tier(s, r);
+    t->put(y.key, y.entry);
     return t->get(x.key) ? 0 : 4;
   });
   EXPECT_EQ(wait_for(next), 0);
-  EXPECT_EQ(slot_dirs(dir), (std::vector<std::string>{"slot-000", "slot-001"})) << "slot 0 was not reused";
+  rocksdb::DB *db = nullptr;
+  ASSERT_TRUE(rocksdb::DB::OpenForReadOnly(rocksdb::Options(), (dir.path / "slot-000").string(), &db).ok());
+  std::string v;
+  EXPECT_TRUE(db->Get(rocksdb::ReadOptions(), key_bytes(y.key), &v).ok()) << "slot 0 was not free for the next";
+  delete db;
   release.signal();
   EXPECT_EQ(wait_for(child), 0);
 }
@@ -381,6 +386,61 @@ TEST(SharedRocksDbTier, ForkWhileAnotherThreadUsesTheTier) {
   busy.join();
   auto last = make_sample("busy0", 64, 0);
   EXPECT_TRUE(tier->get(last.key));
+}
+
+TEST(SharedRocksDbTier, NewSlotIsSeenAtOnceNewWritesWithinTheRefreshInterval) {
+  TempDir dir;
+  CacheSettings s = shared_settings(dir);
+  s.rocksdb_shared_refresh_ms = 200;
+  auto a = make_sample("a", 64, 1), b = make_sample("b", 64, 2);
+  metrics::Registry reg;
+  auto tier = make_shared_rocksdb_tier(s, reg);
+  Pipe wrote_a, write_b, wrote_b;
+  pid_t writer = spawn([&] {
+    metrics::Registry r;
+    auto t = make_shared_rocksdb_tier(s, r);
+    t->put(a.key, a.entry);
+    wrote_a.signal();
+    if (!write_b.wait()) return 2;
+    t->put(b.key, b.entry);
+    wrote_b.signal();
+    return 0;
+  });
+  ASSERT_TRUE(wrote_a.wait());
+  EXPECT_TRUE(tier->get(a.key)) << "a new slot directory was not opened on the next lookup";
+  write_b.signal();
+  ASSERT_TRUE(wrote_b.wait());
+  auto start = std::chrono::steady_clock::now();
+  while (!tier->get(b.key) && std::chrono::steady_clock::now() - start < std::chrono::seconds(5))
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  auto waited = std::chrono::steady_clock::now() - start;
+  EXPECT_LT(waited, std::chrono::seconds(2)) << "the secondaries did not catch up within the refresh interval";
+  EXPECT_EQ(wait_for(writer), 0);
+}
+
+TEST(SharedRocksDbTier, ErasedKeyIsNotServedFromAnotherSlotByThisProcess) {
+  TempDir dir;
+  const CacheSettings s = shared_settings(dir);
+  auto a = make_sample("a", 64, 3);
+  metrics::Registry reg;
+  auto tier = make_shared_rocksdb_tier(s, reg); // slot 0
+  pid_t w = spawn([&] {
+    metrics::Registry r;
+    make_shared_rocksdb_tier(s, r)->put(a.key, a.entry); // slot 1
+    return 0;
+  });
+  ASSERT_EQ(wait_for(w), 0);
+  ASSERT_TRUE(tier->get(a.key));
+  tier->erase(a.key);
+  EXPECT_FALSE(tier->get(a.key));
+  // Documented: slot 1's copy stays for the other processes until that slot is pruned.
+  pid_t other = spawn([&] {
+    metrics::Registry r;
+    return make_shared_rocksdb_tier(s, r)->get(a.key) ? 0 : 2;
+  });
+  EXPECT_EQ(wait_for(other), 0);
+  tier->put(a.key, a.entry); // written again: served again
+  EXPECT_TRUE(tier->get(a.key));
 }
 
 TEST(SharedRocksDbTier, MoreProcessesThanSlotsIsACacheError) {
