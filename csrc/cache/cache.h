@@ -185,6 +185,12 @@ struct TierStats {
   uint64_t hits = 0, misses = 0, evictions = 0, corrupt = 0;
 };
 
+// What one tier holds of one encoder version.
+struct VersionStats {
+  std::string encoder, version;
+  uint64_t entries = 0, bytes = 0;
+};
+
 // The per-tier metric series. Tiers update them; stats() reads them back.
 struct TierMetrics {
   TierMetrics(metrics::Registry &registry, const std::string &tier);
@@ -204,6 +210,9 @@ public:
   virtual void put(const CacheKey &key, const Entry &entry) = 0;
   virtual void erase(const CacheKey &key) = 0;
   virtual TierStats stats() const = 0;
+  // Entries and bytes per (encoder, version), by name. A scan over every entry (RocksDB reads each
+  // entry's envelope), for reports rather than hot paths. Tiers that cannot (Redis) return {}.
+  virtual std::vector<VersionStats> versions() const { return {}; }
   // Removes what `spec` selects. Tiers that cannot (Redis: entries expire by TTL) return {}.
   virtual PruneResult prune(const PruneSpec &) { return {}; }
   // Writes to this tier cost no I/O (the memory tier): TieredCache performs them inline.
@@ -260,6 +269,8 @@ public:
   PruneResult prune(const PruneSpec &spec);
 
   std::vector<TierStats> stats() const;
+  // Tier::versions() of each tier, in tier order (after flush()).
+  std::vector<std::vector<VersionStats>> versions();
   size_t write_queue_depth() const;
   uint64_t dropped_writes() const;
   size_t tier_count() const;

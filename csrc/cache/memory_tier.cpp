@@ -3,6 +3,7 @@
 // evicts its least recently used entries when a put would exceed it.
 #include <algorithm>
 #include <list>
+#include <map>
 #include <mutex>
 #include <unordered_map>
 #include <utility>
@@ -78,6 +79,25 @@ public:
       st.bytes += sh.bytes;
     }
     return st;
+  }
+
+  std::vector<VersionStats> versions() const override {
+    std::map<std::pair<std::string, std::string>, VersionStats> by;
+    for (const auto &sh : shards_) {
+      std::lock_guard<std::mutex> lock(sh.mu);
+      for (const auto &[key, e] : sh.lru) {
+        VersionStats &v = by[{e.encoder(), e.version()}];
+        v.entries += 1;
+        v.bytes += e.nbytes();
+      }
+    }
+    std::vector<VersionStats> out;
+    for (auto &[id, v] : by) {
+      v.encoder = id.first;
+      v.version = id.second;
+      out.push_back(std::move(v));
+    }
+    return out;
   }
 
   PruneResult prune(const PruneSpec &spec) override {

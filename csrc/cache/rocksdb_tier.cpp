@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <map>
 #include <mutex>
 #include <vector>
 
@@ -151,6 +152,26 @@ public:
     st.entries = keys;
     st.bytes = bytes_.load();
     return st;
+  }
+
+  std::vector<VersionStats> versions() const override {
+    std::map<std::pair<std::string, std::string>, VersionStats> by;
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      const rocksdb::Slice v = it->value();
+      auto meta = internal::peek_meta(reinterpret_cast<const uint8_t *>(v.data()), v.size());
+      if (!meta) continue; // unreadable: prune removes it, stats count it when it is read
+      VersionStats &s = by[{meta->encoder, meta->version}];
+      s.entries += 1;
+      s.bytes += it->key().size() + v.size();
+    }
+    std::vector<VersionStats> out;
+    for (auto &[id, s] : by) {
+      s.encoder = id.first;
+      s.version = id.second;
+      out.push_back(std::move(s));
+    }
+    return out;
   }
 
   // One scan: deletes what `spec` selects and unreadable values, then the oldest entries over

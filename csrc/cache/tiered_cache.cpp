@@ -184,6 +184,14 @@ std::vector<TierStats> TieredCache::stats() const {
   return out;
 }
 
+std::vector<std::vector<VersionStats>> TieredCache::versions() {
+  flush();
+  std::vector<std::vector<VersionStats>> out;
+  for (const auto &t : impl_->tiers)
+    out.push_back(t->versions());
+  return out;
+}
+
 size_t TieredCache::write_queue_depth() const {
   std::lock_guard<std::mutex> lock(impl_->mu);
   return impl_->queue.size();

@@ -52,7 +52,7 @@ App::App(ServerConfig config, ExecutorFactory factory)
   };
   if (cache_) {
     hooks.cache_lookup = [this](const codec::DecodedFrame &frame) { return cache_->lookup(frame); };
-    hooks.cache_stats = [this] { return cache_->stats_json(); };
+    hooks.cache_stats = [this](bool versions) { return cache_->stats_json(versions); };
     hooks.cache_prune = [this](const std::string &body) { return cache_->prune(body); };
   }
   hooks.load_encoder = [this](const std::string &name, const std::string &body) {

@@ -457,7 +457,7 @@ std::string CacheService::lookup(const codec::DecodedFrame &frame) {
   }
 }
 
-std::string CacheService::stats_json() {
+std::string CacheService::stats_json(bool versions) {
   std::string out = "{\"tiers\": [";
   bool first = true;
   for (const cache::TierStats &t : cache_->stats()) {
@@ -494,7 +494,29 @@ std::string CacheService::stats_json() {
            ", \"rows_missed\": " + std::to_string(rows("miss")) + "}";
     first = false;
   }
-  return out + "]}";
+  out += "]";
+  if (versions) {
+    std::map<std::string, std::string> serving;
+    for (const engine::EncoderInfo &e : engine_.encoders())
+      serving[e.name] = e.version;
+    const std::vector<cache::TierStats> tiers = cache_->stats();
+    const std::vector<std::vector<cache::VersionStats>> by_tier = cache_->versions();
+    out += ", \"versions\": [";
+    first = true;
+    for (size_t t = 0; t < by_tier.size(); ++t) {
+      for (const cache::VersionStats &v : by_tier[t]) {
+        auto it = serving.find(v.encoder);
+        const bool now = it != serving.end() && it->second == v.version;
+        out += std::string(first ? "" : ", ") + "{\"tier\": " + json_quote(tiers[t].tier) +
+               ", \"encoder\": " + json_quote(v.encoder) + ", \"version\": " + json_quote(v.version) +
+               ", \"entries\": " + std::to_string(v.entries) + ", \"bytes\": " + std::to_string(v.bytes) +
+               ", \"serving\": " + (now ? "true" : "false") + "}";
+        first = false;
+      }
+    }
+    out += "]";
+  }
+  return out + "}";
 }
 
 std::string CacheService::prune(const std::string &body) {

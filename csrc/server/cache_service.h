@@ -73,8 +73,10 @@ public:
 
   // GET /v1/cache/stats: {"tiers": [{"tier", "entries", "bytes", "hits", "misses", "hit_rate",
   // "evictions", "corrupt"}, ...], "write_queue_depth", "dropped_writes", "pending_entries",
-  // "pending_bytes", "encoders": [{"name", "version", "rows_hit", "rows_missed"}, ...]}.
-  std::string stats_json();
+  // "pending_bytes", "encoders": [{"name", "version", "rows_hit", "rows_missed"}, ...]}, and with
+  // `versions` (a scan of every tier that can) "versions": [{"tier", "encoder", "version",
+  // "entries", "bytes", "serving"}, ...], "serving" telling the version served now from a stale one.
+  std::string stats_json(bool versions = false);
 
   // POST /v1/cache/prune with a JSON body {"version": str, "encoder": str, "older_than_s": n,
   // "max_bytes": n, "stale": true} (any subset; "stale" selects every entry of a served encoder

@@ -380,9 +380,12 @@ void HttpServer::install_routes() {
     });
   });
 
-  http_->Get("/v1/cache/stats", guarded([this](const httplib::Request &, httplib::Response &res) {
+  http_->Get("/v1/cache/stats", guarded([this](const httplib::Request &req, httplib::Response &res) {
                if (!hooks_.cache_stats) throw ServerError(Code::kNotFound, "not found: this server has no cache");
-               res.set_content(hooks_.cache_stats(), kJson);
+               const std::string v = req.get_param_value("versions");
+               if (!v.empty() && v != "0" && v != "1")
+                 throw ServerError(Code::kBadRequest, "versions must be 0 or 1, got " + json_quote(v));
+               res.set_content(hooks_.cache_stats(v == "1"), kJson);
              }));
 
   http_->Post("/v1/cache/prune", [this, run_guarded, &in_flight_gauge](const httplib::Request &req,

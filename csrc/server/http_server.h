@@ -14,7 +14,7 @@
 //                              JSON body handed to ServerHooks::load_encoder; answers its JSON
 //   POST /v1/cache/lookup      a frame of content digests or sample keys -> a frame of the hits
 //                              (ServerHooks::cache_lookup; server/cache_service.h)
-//   GET  /v1/cache/stats       JSON (ServerHooks::cache_stats)
+//   GET  /v1/cache/stats       JSON (ServerHooks::cache_stats); ?versions=1 adds a scan by version
 //   POST /v1/cache/prune       JSON body -> JSON (ServerHooks::cache_prune)
 //   The cache routes answer 404 when the server has no cache (cache.enabled: false).
 //
@@ -96,7 +96,7 @@ struct ServerHooks {
   // The cache's routes (server/cache_service.h): a decoded lookup frame -> the answer frame; the
   // stats JSON; a prune JSON body -> its JSON answer. Each throws ServerError. Empty: 404.
   std::function<std::string(const codec::DecodedFrame &frame)> cache_lookup;
-  std::function<std::string()> cache_stats;
+  std::function<std::string(bool versions)> cache_stats;
   std::function<std::string(const std::string &body)> cache_prune;
 };
 
