@@ -68,12 +68,24 @@ endif()
 # tests/python/test_server_http.py.
 if(JIT_BUILD_TESTS)
   add_executable(test_server tests/cpp/server/test_errors.cpp tests/cpp/server/test_http_server.cpp
-    tests/cpp/server/test_encode_handler.cpp tests/cpp/server/test_config.cpp tests/cpp/server/test_app.cpp)
+    tests/cpp/server/test_encode_handler.cpp tests/cpp/server/test_config.cpp tests/cpp/server/test_app.cpp
+    tests/cpp/server/test_cache_service.cpp)
   target_include_directories(test_server PRIVATE ${MSGPACK_INCLUDE_DIR})
   target_compile_definitions(test_server PRIVATE MSGPACK_NO_BOOST)
   # httplib's client drives the server over loopback; its flags must match the library's (see
   # CMakeLists.txt). yaml-cpp parses the JSON answers.
   target_link_libraries(test_server PRIVATE jit_server PkgConfig::HTTPLIB yaml-cpp GTest::gtest_main)
+  # test_cache_service.cpp opens the RocksDB cache directly and writes to Redis with hiredis, when
+  # the build has them (as test_cache does).
+  if(JIT_HAVE_ROCKSDB)
+    target_include_directories(test_server PRIVATE ${ROCKSDB_INCLUDE_DIR})
+    target_compile_definitions(test_server PRIVATE JIT_HAVE_ROCKSDB=1)
+    target_link_libraries(test_server PRIVATE ${ROCKSDB_LIBRARY})
+  endif()
+  if(JIT_HAVE_REDIS)
+    target_compile_definitions(test_server PRIVATE JIT_HAVE_REDIS=1)
+    target_link_libraries(test_server PRIVATE PkgConfig::HIREDIS)
+  endif()
   gtest_discover_tests(test_server DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 60)
 endif()
 
