@@ -17,34 +17,56 @@ Library level, through jit-cache-bench (benchmarks/cache_bench.cpp; see its head
      cache (drop_caches as root, else fadvise)
      -> MB/s of each and RocksDB MB/s / plain-file MB/s
 
-Server level (not written yet; the marked sections below are where they go):
+Server level, the built jit-embedding-server on the demo's encoders (examples/train_text_to_image.py, imported as a
+module: its seeded VAE on 32x32 images and all-MiniLM-L6-v2 on captions, exported into build/demo/ when missing) with
+the demo's cache (memory LRU + RocksDB in a temporary folder):
 
-  c. throughput of serving hits against computing
-  d. epoch time warm vs cold
+  c. throughput of serving hits against computing: N samples per encoder through EmbeddingClient.submit_many
+     (batches of B, K in flight), each pass every sample once:
+       computing      cache="bypass", before the cache passes and again after them (the baseline: their mean)
+       cold           an empty cache: lookup misses, compute, store
+       server memory  the same samples again
+       server RocksDB the server restarted on the same folder (its memory cold): each key read once
+       local cache    a client with local_cache_dir: filled from the server's hits, then hits from its memory LRU,
+                      then from the folder (a new client)
+     -> samples/s and p50/p99 per call (submit to answer) as multiples of computing, request bytes uploaded per
+        sample, where the samples came from, and a check that every hit equals the cold pass's output
+  d. epoch time warm vs cold: a DataLoader (W workers, batch B) over JITEmbeddingDataset with the demo's fields over
+     N samples of its ShapesDataset: cold (fresh cache folder), warm in memory (same server, second epoch), warm from
+     RocksDB (a new server on the folder), and an epoch on a server with the cache disabled
+     -> seconds per epoch, time / cold, bytes uploaded per epoch, the server's CPU seconds
 
 Nothing here asserts a timing; the numbers are for this machine as a whole (anything else using the disk or the
 cores moves them: the script prints the load average at its start). Temporary data goes to a fresh directory under
 --dir (default build/bench/, the repository's disk), removed at the end.
 
-    python3 benchmarks/cache.py [--quick] [--parts ab] [--total-mib N] [--dir DIR] [--json PATH]
+    python3 benchmarks/cache.py [--quick] [--parts abcd] [--total-mib N] [--dir DIR] [--json PATH]
+                                [--samples N] [--epoch-samples N] [--batch B] [--in-flight K] [--workers W]
+                                [--server-threads T]
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import ctypes
+import dataclasses
+import gc
 import json
+import math
 import os
 import platform
 import shlex
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,12 +75,25 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = ROOT / "build" / "bench"
 CACHE_BENCH_CANDIDATES = [ROOT / "build" / "cmake" / "jit-cache-bench"]
+SERVER_CANDIDATES = [
+    ROOT / "jit_embedding" / "bin" / "jit-embedding-server",
+    ROOT / "build" / "cmake" / "jit-embedding-server",
+]
 REDIS_READY_TIMEOUT_S = 10.0
 MIB = 1 << 20
 
 # The payloads of part a: (label, shape, entries, gets) at full size, and with --quick.
 HIT_PAYLOADS = [("text [77,768] fp32", "77,768", 1000, 2000), ("latent [4,32,32] fp32", "4,32,32", 5000, 5000)]
 HIT_PAYLOADS_QUICK = [("text [77,768] fp32", "77,768", 200, 500), ("latent [4,32,32] fp32", "4,32,32", 1000, 1000)]
+
+# Parts c and d: the demo (examples/train_text_to_image.py) and its settings.
+DEMO_PATH = ROOT / "examples" / "train_text_to_image.py"
+DEMO_MODULE = "train_text_to_image"
+DEMO_IMAGE_SIZE = 32  # the demo's --image-size
+SERVER_QUEUE_DELAY_US = 2000  # the demo's --queue-delay-us
+SERVER_READY_TIMEOUT_S = 120.0
+LOCAL_VERSION_TTL_S = 600.0  # part c's local cache: the version confirmation outlasts every pass
+EPOCH_SEED = 0
 
 
 # ---------------------------------------------------------------------------------------------- binaries
@@ -136,15 +171,24 @@ def redis_server(workdir: Path) -> Iterator[str | None]:
 # ---------------------------------------------------------------------------------------------- context
 @dataclass
 class Context:
-    """What every part gets. Server-level parts will need more (the server binary, jit-loadgen): add fields."""
+    """What every part gets."""
 
-    cache_bench: Path
+    cache_bench: Path | None  # None when only parts c and d run
     workdir: Path  # a fresh directory on the disk under test, removed at the end
     redis_url: str | None  # None: no Redis tier (no redis-server, or a build without hiredis)
     info: dict[str, Any]  # jit-cache-bench --info: which tiers this build has
     quick: bool
     total_bytes: int  # part b
     drop_cache: str  # part b and rocksdb cold: auto, drop_caches, fadvise or none
+    server_bin: Path | None = None  # parts c and d: jit-embedding-server
+    server_threads: int | None = None  # parts c and d: intra_op_threads of each encoder (None: each part's default)
+    samples: int = 2048  # part c: samples per encoder
+    epoch_samples: int = 2048  # part d (the demo's dataset size)
+    batch: int = 32  # parts c and d: samples per submit_many / per DataLoader batch
+    in_flight: int = 4  # part c: calls outstanding
+    repeats: int = 3  # part c: passes per hit row (a server restart per RocksDB pass, a new client per folder pass)
+    workers: int = 2  # part d: DataLoader workers
+    demo: Any = None  # parts c and d: the demo's encoders (Demo), loaded on first use
 
 
 # ---------------------------------------------------------------------------------------------- part a
@@ -247,14 +291,522 @@ def report_b(b: dict[str, Any]) -> None:
     )
 
 
+# ---------------------------------------------------------------------------------------------- server level
+# Parts c and d run the built jit-embedding-server on the demo's two encoders (examples/train_text_to_image.py,
+# imported as a module: a seeded diffusers VAE on 32x32 images and the real all-MiniLM-L6-v2 on captions of at
+# most 12 tokens), exported by the demo's own prepare_encoders() into build/demo/artifacts/ when missing.
+def load_demo() -> Any:
+    """examples/train_text_to_image.py as a module, registered in sys.modules so that its classes pickle."""
+    if DEMO_MODULE in sys.modules:
+        return sys.modules[DEMO_MODULE]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(DEMO_MODULE, DEMO_PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[DEMO_MODULE] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[DEMO_MODULE]
+        raise
+    return module
+
+
+@dataclass
+class Demo:
+    """The demo's encoders and what makes their inputs."""
+
+    module: Any  # examples/train_text_to_image.py
+    artifacts: dict[str, Path]  # "vae", "minilm" -> exported artifact folder
+    tokenize: Any  # the demo's Tokenize: caption -> input_ids, attention_mask [TEXT_MAX_LEN]
+
+
+def demo_encoders(ctx: Context) -> Demo:
+    """The demo's artifacts (exported on first use, then cached under build/demo/), loaded once per run."""
+    if ctx.demo is None:
+        t0 = time.perf_counter()
+        module = load_demo()
+        artifacts = module.prepare_encoders(DEMO_IMAGE_SIZE, "aoti")
+        tokenize = module.Tokenize(module.minilm_path() / "tokenizer.json", module.TEXT_MAX_LEN)
+        ctx.demo = Demo(module, artifacts, tokenize)
+        shown = ", ".join(f"{k}: {v.relative_to(ROOT) if v.is_relative_to(ROOT) else v}" for k, v in artifacts.items())
+        print(f"  the demo's encoders ({time.perf_counter() - t0:.1f} s to import and find or export): {shown}")
+    return ctx.demo
+
+
+class EmbeddingServer:
+    """jit-embedding-server --config on the demo's encoders with the given `cache:` section, on a free loopback port
+    (--port 0 --port-file), as a context manager. Stopped with SIGTERM (it drains and must exit 0), and by the
+    kernel if this process dies first."""
+
+    def __init__(self, ctx: Context, demo: Demo, cache: dict[str, Any], name: str, threads: int):
+        self.binary = ctx.server_bin
+        self.workdir = ctx.workdir / f"server-{name}"
+        self.log_path = self.workdir / "server.log"
+        encoders = [
+            {
+                "name": encoder,
+                "artifact": str(folder),
+                "max_batch_size": demo.module.EXPORT_MAX_BATCH,
+                "max_queue_delay_us": SERVER_QUEUE_DELAY_US,
+                "max_queue_size": 4096,
+                "intra_op_threads": threads,
+            }
+            for encoder, folder in demo.artifacts.items()
+        ]
+        self.config = {"server": {"threads": 64}, "cache": cache, "encoders": encoders}
+        self.port = 0
+        self.exit_code: int | None = None
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> EmbeddingServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        cfg, port_file = self.workdir / "server.yaml", self.workdir / "port"
+        cfg.write_text(json.dumps(self.config, indent=2))  # JSON is YAML
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
+        cmd = [str(self.binary), "--config", str(cfg), "--port", "0", "--port-file", str(port_file)]
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+        try:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.binary.name} exited with {self.proc.returncode}: {self._tail()}")
+                if time.monotonic() - t0 > SERVER_READY_TIMEOUT_S:
+                    raise RuntimeError(
+                        f"{self.binary.name} not ready in {SERVER_READY_TIMEOUT_S:.0f} s: {self._tail()}"
+                    )
+                text = port_file.read_text().strip() if port_file.is_file() else ""
+                if text.isdigit():
+                    self.port = int(text)
+                    with contextlib.suppress(OSError), self._get("/health/ready") as r:
+                        if r.status == 200:
+                            break
+                time.sleep(0.05)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        code = self.stop()
+        if code != 0 and exc_type is None:
+            raise RuntimeError(f"{self.binary.name} exited with {code} after SIGTERM (log: {self.log_path})")
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _get(self, path: str) -> Any:
+        return urllib.request.urlopen(f"http://{self.endpoint}{path}", timeout=10)
+
+    def tier_hits(self) -> dict[str, int]:
+        """Hits so far per cache tier (GET /v1/cache/stats), plus the writes the tiers' queue dropped."""
+        with self._get("/v1/cache/stats") as r:
+            stats = json.loads(r.read())
+        return {**{t["tier"]: t["hits"] for t in stats["tiers"]}, "dropped_writes": stats["dropped_writes"]}
+
+    def cpu_seconds(self) -> float:
+        """The server process's user + system CPU time so far (Linux /proc; 0 elsewhere)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError, AttributeError):
+            return 0.0
+
+    def stop(self) -> int | None:
+        if self.proc is None or self.exit_code is not None:
+            return self.exit_code
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.exit_code = self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.exit_code = self.proc.wait()
+        self._log.close()
+        return self.exit_code
+
+    def _tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-2000:]
+
+
+def make_client(endpoint: str, **options: Any) -> Any:
+    from jit_embedding.client import EmbeddingClient
+
+    return EmbeddingClient([endpoint], timeout=120.0, retries=3, **options)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest rank."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)] if ordered else 0.0
+
+
 # ---------------------------------------------------------------------------------------------- part c
-# RESERVED (server level, to be written): throughput of serving hits against computing.
-# Add part_c(ctx) -> dict and report_c(result), then register both in PARTS below.
+#: The encoders of part c and d, by their names in the demo's server config.
+ENCODERS = ("vae", "minilm")
+
+
+def part_c_inputs(demo: Demo, n: int) -> dict[str, list[dict[str, Any]]]:
+    """Per encoder, n samples' inputs ([1, ...] each, as the demo's data layer sends them): the images of the demo's
+    first n samples, and their captions with the sample's index appended, so that every text is distinct (the demo
+    has 324 distinct captions, which would hit each other within a pass); a text the tokenizer's truncation made
+    equal to an earlier one is left out."""
+    data = demo.module.ShapesDataset(n, DEMO_IMAGE_SIZE)
+    samples = [data[i] for i in range(n)]
+    images = [{"pixels": demo.module.image_prep(s)["pixels"].unsqueeze(0)} for s in samples]
+    texts, seen = [], set()
+    for s in samples:
+        tokens = demo.tokenize({"caption": f"{s['caption']} {s['index']}"})
+        key = tuple(tokens["input_ids"].tolist())
+        if key not in seen:
+            seen.add(key)
+            texts.append({k: v.unsqueeze(0) for k, v in tokens.items()})
+    return {"vae": images, "minilm": texts}
+
+
+def warm_up_server(client: Any, inputs: dict[str, list[dict[str, Any]]]) -> None:
+    """One request per encoder, computed without touching any cache: the first calls (connections, the encoder list,
+    the engine's first runs) stay out of the timings, and the client learns the serving versions."""
+    for encoder, samples in inputs.items():
+        client.submit_many(encoder, samples, cache="bypass").result()
+
+
+@dataclass
+class Pass:
+    """One client pass over every sample (client_pass)."""
+
+    seconds: float
+    latencies: list[float]  # per call, submit to answer
+    sources: collections.Counter  # samples by where they came from
+    bytes_sent: int  # request bodies
+    outputs: list[dict[str, Any]]  # each sample's outputs, in order (dropped once checked)
+    samples: int = 0
+    tier_hits: dict[str, int] = dataclasses.field(default_factory=dict)  # the server's tier hits during the pass
+    mismatches: int | None = None  # samples whose outputs differ from the cold pass's (None: not checked)
+
+
+def client_pass(
+    client: Any, encoder: str, inputs: list[dict[str, Any]], batch: int, in_flight: int, cache: str
+) -> Pass:
+    """Every sample once through client.submit_many in calls of `batch` samples, `in_flight` calls outstanding (the
+    next one is submitted when the oldest is answered)."""
+    pending: collections.deque = collections.deque()
+    done = Pass(0.0, [], collections.Counter(), 0, [])
+
+    def collect() -> None:
+        future, submitted = pending.popleft()
+        samples, meta = future.result()
+        done.latencies.append(time.perf_counter() - submitted)
+        done.sources.update(meta["sources"])
+        done.bytes_sent += meta["bytes_sent"]
+        done.outputs.extend(samples)
+
+    t0 = time.perf_counter()
+    for i in range(0, len(inputs), batch):
+        if len(pending) >= in_flight:
+            collect()
+        submitted = time.perf_counter()
+        pending.append((client.submit_many(encoder, inputs[i : i + batch], cache=cache), submitted))
+    while pending:
+        collect()
+    done.seconds = time.perf_counter() - t0
+    done.samples = len(done.outputs)
+    return done
+
+
+def mismatches(outputs: list[dict[str, Any]], reference: list[dict[str, Any]]) -> int:
+    """Samples whose outputs are not bit-for-bit those of the reference pass."""
+    import torch
+
+    return sum(
+        a.keys() != b.keys() or any(not torch.equal(a[k], b[k]) for k in a) for a, b in zip(outputs, reference)
+    ) + abs(len(outputs) - len(reference))
+
+
+def pass_row(passes: list[Pass]) -> dict[str, Any]:
+    """The passes of one row together: samples/s of the median pass (a stall of the busy machine in one short pass
+    moves the total much more) and over their total time, p50/p99 over all their calls, request bytes per sample,
+    samples by source, the server's tier hits, and the samples whose outputs differ from the cold pass's."""
+    samples = sum(p.samples for p in passes)
+    seconds = sum(p.seconds for p in passes)
+    latencies = [t for p in passes for t in p.latencies]
+    sent = sum(p.bytes_sent for p in passes)
+    tiers: collections.Counter = collections.Counter()
+    for p in passes:
+        tiers.update(p.tier_hits)
+    row = {
+        "passes": len(passes),
+        "samples": samples,
+        "calls": len(latencies),
+        "seconds": seconds,
+        "samples_per_s": statistics.median(p.samples / p.seconds for p in passes),
+        "samples_per_s_overall": samples / seconds,
+        "p50_ms": percentile(latencies, 50) * 1e3,
+        "p99_ms": percentile(latencies, 99) * 1e3,
+        "bytes_sent": sent,
+        "bytes_per_sample": sent / samples,
+        "sources": dict(sum((p.sources for p in passes), collections.Counter())),
+        "server_tier_hits": dict(tiers),
+    }
+    if all(p.mismatches is not None for p in passes):
+        row["mismatches"] = sum(p.mismatches for p in passes)
+    return row
+
+
+def part_c(ctx: Context) -> dict[str, Any]:
+    if not ctx.info["rocksdb"]:
+        print("\n== c. skipped: this build has no RocksDB tier", flush=True)
+        return {"skipped": "no RocksDB in this build"}
+    demo = demo_encoders(ctx)
+    threads = ctx.server_threads or len(os.sched_getaffinity(0))  # one encoder computes at a time: every core
+    print(
+        f"\n== c. serving hits vs computing: jit-embedding-server, {ctx.samples} samples per encoder, calls of "
+        f"{ctx.batch} via submit_many, {ctx.in_flight} in flight, {threads} intra-op thread(s) per encoder; each hit "
+        f"row {ctx.repeats} pass(es)",
+        flush=True,
+    )
+    inputs = part_c_inputs(demo, ctx.samples)
+    server_cache = {"rocksdb": {"path": str(ctx.workdir / "c-server-cache")}}  # the demo's: memory LRU + RocksDB
+    # The local cache: a RocksDB folder of the client's own (shared by the processes of a node) behind an in-memory
+    # LRU per client. A local hit needs the serving version confirmed within the TTL: a long one here, so that no
+    # pass is cut short by a re-confirmation.
+    local = {"local_cache_dir": str(ctx.workdir / "c-local-cache"), "local_cache_version_ttl": LOCAL_VERSION_TTL_S}
+    passes: dict[str, dict[str, list[Pass]]] = {e: collections.defaultdict(list) for e in ENCODERS}
+    reference: dict[str, list[dict[str, Any]]] = {}  # the cold pass's outputs
+
+    def measure(label: str, client: Any, cache: str, server: EmbeddingServer) -> None:
+        """One pass per encoder, recorded under `label`; a hit pass's outputs are checked against the cold pass's,
+        then dropped."""
+        for encoder in ENCODERS:
+            gc.collect()  # no collection of the last pass's garbage inside this one
+            before = server.tier_hits()
+            done = client_pass(client, encoder, inputs[encoder], ctx.batch, ctx.in_flight, cache)
+            after = server.tier_hits()
+            done.tier_hits = {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+            if label == "cold":
+                reference[encoder] = done.outputs
+            elif encoder in reference and cache != "bypass":
+                done.mismatches = mismatches(done.outputs, reference[encoder])
+            done.outputs = []
+            passes[encoder][label].append(done)
+            served = ", ".join(f"{k} {v}" for k, v in sorted(done.sources.items()))
+            tiers = ", ".join(f"{k} {v}" for k, v in done.tier_hits.items())
+            print(
+                f"  {encoder:<6} {label:<36} {done.samples / done.seconds:8.0f} samples/s  p50 "
+                f"{percentile(done.latencies, 50) * 1e3:7.2f} ms  {done.bytes_sent / done.samples:6.0f} B/sample "
+                f"up  ({served}"
+                + (f"; server tiers: {tiers}" if tiers else "")
+                + (f"; {done.mismatches} DIFFER from the cold pass" if done.mismatches else "")
+                + ")",
+                flush=True,
+            )
+
+    def warm_up(client: Any) -> None:
+        warm_up_server(client, {e: inputs[e][: ctx.batch] for e in ENCODERS})
+
+    with EmbeddingServer(ctx, demo, server_cache, "c1", threads) as server:
+        client = make_client(server.endpoint)
+        warm_up(client)
+        measure("computing", client, "bypass", server)
+        measure("cold", client, "use", server)
+        for _ in range(ctx.repeats):
+            measure("server memory hits", client, "use", server)
+        del client
+    for i in range(ctx.repeats):
+        # The same folder, a new server: its memory is empty, and each key is read once from RocksDB.
+        with EmbeddingServer(ctx, demo, server_cache, f"c{i + 2}", threads) as server:
+            client = make_client(server.endpoint)
+            warm_up(client)
+            measure("server RocksDB hits (restarted)", client, "use", server)
+            if i < ctx.repeats - 1:
+                continue
+            filler = make_client(server.endpoint, **local)
+            warm_up(filler)
+            measure("server hits, filling the local cache", filler, "use", server)
+            for _ in range(ctx.repeats):
+                measure("local cache hits (client memory)", filler, "use", server)
+            del filler
+            gc.collect()  # closes its cache, which flushes its writes to the folder
+            for _ in range(ctx.repeats):
+                reader = make_client(server.endpoint, **local)  # its memory LRU empty: hits from the folder
+                warm_up(reader)
+                measure("local cache hits (RocksDB folder)", reader, "use", server)
+                del reader
+                gc.collect()
+            measure("computing, again", client, "bypass", server)
+            del client
+
+    rows: dict[str, dict[str, dict[str, Any]]] = {}
+    for encoder in ENCODERS:
+        rows[encoder] = {label: pass_row(done) for label, done in passes[encoder].items()}
+        r = rows[encoder]
+        r["computing, mean"] = {
+            k: (r["computing"][k] + r["computing, again"][k]) / 2 for k in ("samples_per_s", "p50_ms", "p99_ms")
+        }
+        r["computing, mean"]["bytes_per_sample"] = r["computing"]["bytes_per_sample"]
+    return {
+        "samples": {e: len(inputs[e]) for e in ENCODERS},
+        "input_bytes_per_sample": {e: sum(t.nbytes for t in inputs[e][0].values()) for e in ENCODERS},
+        "batch": ctx.batch,
+        "in_flight": ctx.in_flight,
+        "repeats": ctx.repeats,
+        "intra_op_threads": threads,
+        "local_cache_version_ttl_s": LOCAL_VERSION_TTL_S,
+        "rows": rows,
+    }
+
+
+def report_c(c: dict[str, Any]) -> None:
+    if "skipped" in c:
+        return
+    labels = [
+        ("computing", "computing (cache bypass), before"),
+        ("computing, again", "computing (cache bypass), after"),
+        ("cold", "cold cache: lookup, compute, store"),
+        ("server memory hits", "server memory hits"),
+        ("server RocksDB hits (restarted)", "server RocksDB hits (restarted server)"),
+        ("server hits, filling the local cache", "server hits, filling the local cache"),
+        ("local cache hits (client memory)", "local cache hits (client memory LRU)"),
+        ("local cache hits (RocksDB folder)", "local cache hits (RocksDB folder, new client)"),
+    ]
+    for encoder in ENCODERS:
+        rows = c["rows"][encoder]
+        base = rows["computing, mean"]
+        table = []
+        for key, label in labels:
+            r = rows[key]
+            served = ", ".join(f"{k} {v}" for k, v in sorted(r["sources"].items()))
+            tiers = ", ".join(f"{k} {v}" for k, v in r["server_tier_hits"].items() if k != "dropped_writes")
+            notes = f"{r['passes']} pass{'es' if r['passes'] > 1 else ''}: {served}" + (
+                f"; server tiers: {tiers}" if tiers else ""
+            )
+            if r["server_tier_hits"].get("dropped_writes"):
+                notes += f"; {r['server_tier_hits']['dropped_writes']} writes dropped"
+            if "mismatches" in r:
+                notes += "; all equal to cold's outputs" if r["mismatches"] == 0 else f"; {r['mismatches']} DIFFER"
+            table.append(
+                [label, f"{r['samples_per_s']:.0f}", times(r["samples_per_s"], base["samples_per_s"]),
+                 f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", times(base["p50_ms"], r["p50_ms"]),
+                 f"{r['bytes_per_sample']:.0f}", notes]
+            )  # fmt: skip
+        print_table(
+            f"c. {encoder}: {c['samples'][encoder]} samples ({c['input_bytes_per_sample'][encoder]} B of inputs each), "
+            f"submit_many calls of {c['batch']}, {c['in_flight']} in flight, {c['intra_op_threads']} intra-op "
+            f"thread(s); samples/s: the median pass; x computing: against the mean of the before and after runs "
+            f"({base['samples_per_s']:.0f} samples/s, p50 {base['p50_ms']:.2f} ms per call)",
+            ["path", "samples/s", "x computing", "p50 ms", "p99 ms", "p50 speedup", "upload B/sample",
+             "passes: served by (client sources; server tier hits)"],
+            table,
+        )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- part d
-# RESERVED (server level, to be written): epoch time warm vs cold.
-# Add part_d(ctx) -> dict and report_d(result), then register both in PARTS below.
+def epoch(ctx: Context, demo: Demo, data: Any, server: EmbeddingServer, cache: str = "use") -> dict[str, Any]:
+    """One epoch of a DataLoader (ctx.workers workers, shuffled) over JITEmbeddingDataset with the demo's fields,
+    with a new client (so its counters are this epoch's). Timed from iter() (the workers' start included) to the
+    last batch."""
+    import torch
+    from torch.utils.data import DataLoader, RandomSampler
+
+    from jit_embedding.data import JITEmbeddingDataset
+
+    fields = {"latent": ("vae", demo.module.image_prep), "text": ("minilm", demo.tokenize)}
+    ds = JITEmbeddingDataset(data, fields=fields, client=make_client(server.endpoint), cache=cache)
+    sampler = RandomSampler(data, generator=torch.Generator().manual_seed(EPOCH_SEED))
+    loader = DataLoader(ds, batch_size=ctx.batch, sampler=sampler, num_workers=ctx.workers)
+    cpu0 = server.cpu_seconds()
+    t0 = time.perf_counter()
+    samples, shapes = 0, set()
+    for batch in loader:
+        samples += batch["latent"].shape[0]
+        shapes.add((tuple(batch["latent"].shape[1:]), tuple(batch["text"].shape[1:])))
+    seconds = time.perf_counter() - t0
+    stats = ds.worker_stats()
+    total = {
+        k: sum(r[k] for r in stats) for k in ("bytes_sent", "rows_computed", "rows_server_cache", "rows_local_cache")
+    }
+    return {
+        "samples": samples,
+        "seconds": seconds,
+        "samples_per_s": samples / seconds,
+        "server_cpu_s": server.cpu_seconds() - cpu0,
+        "shapes": sorted(shapes),
+        "workers": len(stats),
+        **total,
+    }
+
+
+def part_d(ctx: Context) -> dict[str, Any]:
+    if not ctx.info["rocksdb"]:
+        print("\n== d. skipped: this build has no RocksDB tier", flush=True)
+        return {"skipped": "no RocksDB in this build"}
+    demo = demo_encoders(ctx)
+    threads = ctx.server_threads or 1  # the demo's: both encoders compute at once, beside the loader workers
+    print(
+        f"\n== d. epoch time warm vs cold: a DataLoader ({ctx.workers} workers, batch {ctx.batch}) over "
+        f"JITEmbeddingDataset with the demo's fields, {ctx.epoch_samples} samples of its ShapesDataset, "
+        f"{threads} intra-op thread(s) per encoder",
+        flush=True,
+    )
+    data = demo.module.ShapesDataset(ctx.epoch_samples, DEMO_IMAGE_SIZE)
+    first = [data[i] for i in range(min(ctx.batch, len(data)))]
+    warm_inputs = {
+        "vae": [{k: v.unsqueeze(0) for k, v in demo.module.image_prep(s).items()} for s in first],
+        "minilm": [{k: v.unsqueeze(0) for k, v in demo.tokenize(s).items()} for s in first],
+    }
+    server_cache = {"rocksdb": {"path": str(ctx.workdir / "d-server-cache")}}
+    epochs: dict[str, dict[str, Any]] = {}
+
+    def run(label: str, server: EmbeddingServer, cache: str = "use") -> None:
+        if label != "warm, memory (same server, again)":
+            warm_up_server(make_client(server.endpoint), warm_inputs)  # a fresh server: its first runs untimed
+        r = epochs[label] = epoch(ctx, demo, data, server, cache)
+        print(
+            f"  {label:<34} {r['seconds']:6.2f} s  {r['samples_per_s']:7.0f} samples/s  "
+            f"{r['bytes_sent'] / 1e6:7.2f} MB uploaded  rows: {r['rows_computed']:.0f} computed, "
+            f"{r['rows_server_cache']:.0f} server cache; server CPU {r['server_cpu_s']:.1f} s",
+            flush=True,
+        )
+
+    with EmbeddingServer(ctx, demo, {"enabled": False}, "d0", threads) as server:
+        # The server has no cache (no /v1/cache/lookup): the client sends inputs straight to /v1/encode.
+        run("cache disabled (baseline)", server, cache="bypass")
+    with EmbeddingServer(ctx, demo, server_cache, "d1", threads) as server:
+        run("cold (fresh cache folder)", server)
+        run("warm, memory (same server, again)", server)
+    with EmbeddingServer(ctx, demo, server_cache, "d2", threads) as server:
+        run("warm, RocksDB (new server)", server)
+    return {
+        "samples": ctx.epoch_samples,
+        "batch": ctx.batch,
+        "workers": ctx.workers,
+        "intra_op_threads": threads,
+        "distinct_captions": len({data[i]["caption"] for i in range(len(data))}),
+        "epochs": epochs,
+    }
+
+
+def report_d(d: dict[str, Any]) -> None:
+    if "skipped" in d:
+        return
+    cold = d["epochs"]["cold (fresh cache folder)"]
+    table = []
+    for label, r in d["epochs"].items():
+        table.append(
+            [label, f"{r['seconds']:.2f}", f"{r['samples_per_s']:.0f}", f"{r['seconds'] / cold['seconds']:.2f}",
+             times(cold["seconds"], r["seconds"]), f"{r['bytes_sent'] / 1e6:.2f}",
+             f"{r['bytes_sent'] / max(r['samples'], 1):.0f}", f"{r['server_cpu_s']:.1f}",
+             f"{r['rows_computed']:.0f} computed, {r['rows_server_cache']:.0f} from the server's cache"]
+        )  # fmt: skip
+    print_table(
+        f"d. epoch time: {d['samples']} samples ({d['distinct_captions']} distinct captions), batch {d['batch']}, "
+        f"{d['workers']} DataLoader workers, {d['intra_op_threads']} intra-op thread(s) per encoder, 2 rows per "
+        f"sample (vae + minilm); time / cold and speedup against the cold epoch",
+        ["epoch", "seconds", "samples/s", "time / cold", "speedup", "MB uploaded", "B/sample up", "server CPU s",
+         "rows"],
+        table,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- parts
@@ -262,8 +814,8 @@ def report_b(b: dict[str, Any]) -> None:
 PARTS: dict[str, tuple[str, Callable[[Context], dict[str, Any]], Callable[[dict[str, Any]], None]]] = {
     "a": ("hit latency per tier (library)", part_a, report_a),
     "b": ("RocksDB tier vs plain files, MB/s (library)", part_b, report_b),
-    # "c": ("serving hits vs computing (server)", part_c, report_c),  -- reserved
-    # "d": ("epoch time warm vs cold (server)", part_d, report_d),    -- reserved
+    "c": ("serving hits vs computing (server)", part_c, report_c),
+    "d": ("epoch time warm vs cold (server)", part_d, report_d),
 }
 NEEDS_REDIS = {"a"}
 
@@ -309,7 +861,10 @@ def machine_info(workdir: Path) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="fewer entries in part a, 256 MiB in part b")
+    ap.add_argument(
+        "--quick", action="store_true",
+        help="fewer entries in part a, 256 MiB in part b, 128 samples in parts c and d",
+    )  # fmt: skip
     titles = "; ".join(f"{k}: {title}" for k, (title, _, _) in PARTS.items())
     ap.add_argument("--parts", default="".join(PARTS), help=f"which parts to run (default all: {titles})")
     ap.add_argument("--total-mib", type=int, default=None, help="part b's total size in MiB (default 1024; quick 256)")
@@ -318,8 +873,23 @@ def main() -> None:
         "--drop-cache", default="auto", choices=["auto", "drop_caches", "fadvise", "none"],
         help="how cold reads evict the page cache (auto: drop_caches as root, else fadvise)",
     )  # fmt: skip
+    ap.add_argument("--samples", type=int, default=None, help="part c's samples per encoder (default 2048; quick 128)")
+    ap.add_argument("--epoch-samples", type=int, default=None, help="part d's epoch size (default 2048; quick 128)")
+    ap.add_argument("--batch", type=int, default=32, help="samples per request (c) and per DataLoader batch (d)")
+    ap.add_argument("--in-flight", type=int, default=4, help="part c's calls outstanding (default 4)")
+    ap.add_argument("--repeats", type=int, default=None, help="part c's passes per hit row (default 3; quick 1)")
+    ap.add_argument("--workers", type=int, default=2, help="part d's DataLoader workers (default 2)")
+    ap.add_argument(
+        "--server-threads", type=int, default=None,
+        help="intra_op_threads of each encoder in the server (default: every usable core in part c, where one "
+        "encoder computes at a time; 1, the demo's, in part d, where both do, beside the loader workers)",
+    )  # fmt: skip
     ap.add_argument("--json", metavar="PATH", default=str(BENCH_DIR / "cache.json"), help="results (JSON)")
     args = ap.parse_args()
+    for name in ("samples", "epoch_samples", "batch", "in_flight", "repeats", "workers", "server_threads"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "workers" else 1):
+            ap.error(f"--{name.replace('_', '-')} must be {'at least 0' if name == 'workers' else 'positive'}")
     unknown = sorted(set(args.parts) - set(PARTS))
     if unknown:
         sys.exit(f"benchmarks/cache.py: unknown or not yet written part(s) {''.join(unknown)} (have {''.join(PARTS)})")
@@ -331,6 +901,9 @@ def main() -> None:
         "JIT_CACHE_BENCH_BINARY", CACHE_BENCH_CANDIDATES, "run `make build` (JIT_BUILD_TESTS or _BENCHMARKS)"
     )
     build = run_cache_bench(cache_bench, "--info")[0]
+    server_bin = None
+    if set(args.parts) & {"c", "d"}:
+        server_bin = find_binary("JIT_SERVER_BINARY", SERVER_CANDIDATES, "run `make build`")
     total_mib = args.total_mib if args.total_mib is not None else (256 if args.quick else 1024)
 
     with tempfile.TemporaryDirectory(prefix="jit-cache-bench-", dir=args.dir) as tmp:
@@ -341,7 +914,8 @@ def main() -> None:
             f"machine: {info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable), load average "
             f"{info['loadavg_at_start'][0]:.2f}\ndisk under test: {info['disk']} at {args.dir}\n"
             f"jit-cache-bench: {cache_bench} (RocksDB {build['rocksdb']}, Redis {build['redis']})\n"
-            f"redis-server: {info['redis_server'] or 'not installed'}"
+            + (f"jit-embedding-server: {server_bin}\n" if server_bin else "")
+            + f"redis-server: {info['redis_server'] or 'not installed'}"
         )
         results: dict[str, Any] = {}
         needs_redis = bool(NEEDS_REDIS & set(args.parts)) and build["redis"]
@@ -354,10 +928,21 @@ def main() -> None:
                 quick=args.quick,
                 total_bytes=total_mib * MIB,
                 drop_cache=args.drop_cache,
+                server_bin=server_bin,
+                server_threads=args.server_threads,
+                samples=args.samples or (128 if args.quick else 2048),
+                epoch_samples=args.epoch_samples or (128 if args.quick else 2048),
+                batch=args.batch,
+                in_flight=args.in_flight,
+                repeats=args.repeats or (1 if args.quick else 3),
+                workers=args.workers,
             )
             for letter, (_, run, _) in PARTS.items():
                 if letter in args.parts:
+                    t0 = time.perf_counter()
                     results[letter] = run(ctx)
+                    results[letter]["wall_s"] = time.perf_counter() - t0
+                    print(f"  (part {letter}: {results[letter]['wall_s']:.0f} s)", flush=True)
 
     for letter, (_, _, report) in PARTS.items():
         if letter in results:

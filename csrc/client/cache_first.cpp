@@ -182,6 +182,7 @@ RowsResponse Client::State::run_rows(const RowsRequest &req, Clock::time_point s
     out.bytes_sent += body.size() * static_cast<uint64_t>(attempts);
     return read_answer(std::move(ex.body), options, enc, out.endpoint);
   };
+  bool looked_up = false; // whether a server's cache was asked: its misses need no second lookup
   for (size_t begin = 0; req.cache == CacheMode::kUse && begin < todo.size();) {
     const size_t end = std::min(todo.size(), begin + kMaxLookupRows);
     msgpack::sbuffer sb;
@@ -200,7 +201,16 @@ RowsResponse Client::State::run_rows(const RowsRequest &req, Clock::time_point s
       pk.pack_bin(16);
       pk.pack_bin_body(b, 16);
     }
-    Answer a = exchange("/v1/cache/lookup", codec::encode({}, std::string(sb.data(), sb.size()), {}));
+    Answer a;
+    try {
+      a = exchange("/v1/cache/lookup", codec::encode({}, std::string(sb.data(), sb.size()), {}));
+    } catch (const ClientError &e) {
+      // A server without a cache (cache.enabled: false) has no lookup route: send the inputs. An
+      // unknown encoder answers 404 again, with its own message, from the encode request.
+      if (e.kind() != ClientError::Kind::kHttp || e.status() != 404) throw;
+      break;
+    }
+    looked_up = true;
     confirm_version(enc, a.version);
     if (!version.empty() && version != a.version) {
       // Hits so far were of the version before an update: serve none of them, start over.
@@ -273,7 +283,7 @@ RowsResponse Client::State::run_rows(const RowsRequest &req, Clock::time_point s
       // Rows that a lookup just missed are computed and stored without a second lookup on the
       // server ("refresh"), which would also count each of them as a miss twice.
       pk.pack(std::string_view("cache"));
-      pk.pack(std::string_view(req.cache == CacheMode::kUse ? "refresh" : mode_name(req.cache)));
+      pk.pack(std::string_view(req.cache == CacheMode::kUse && looked_up ? "refresh" : mode_name(req.cache)));
       if (tokens) {
         pk.pack(std::string_view("lengths"));
         pk.pack_array(static_cast<uint32_t>(chunk.size()));

@@ -5,7 +5,10 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <future>
 #include <map>
+#include <stdexcept>
+#include <unordered_map>
 
 #include "common/rows.h"
 #include "server/encode_handler.h"
@@ -115,6 +118,11 @@ Tensor without_batch_dim(Tensor t) {
   return t;
 }
 
+Tensor with_batch_dim_owned(Tensor t) {
+  t.shape.insert(t.shape.begin(), 1);
+  return t;
+}
+
 TensorView with_batch_dim(const Tensor &t) {
   TensorView v = t.view();
   v.shape.insert(v.shape.begin(), 1);
@@ -126,6 +134,99 @@ double micros_since(std::chrono::steady_clock::time_point t0) {
 }
 
 } // namespace
+
+// The rows one request computes while others wait for them (single flight). Every claimed row is
+// delivered or, when the request fails first, abandoned with an exception, so no waiter hangs.
+class CacheService::Flights {
+public:
+  explicit Flights(CacheService &service) : s_(service) {}
+  ~Flights() {
+    std::lock_guard<std::mutex> lock(s_.flights_mu_);
+    for (Owned &o : owned_) {
+      if (!o.done)
+        o.promise->set_exception(std::make_exception_ptr(std::runtime_error("the computing request failed")));
+      // A flight handed to the writer lands when its entry is stored; any other ends here.
+      if (!o.handed_off) s_.flights_.erase(o.key);
+    }
+  }
+  Flights(const Flights &) = delete;
+  Flights &operator=(const Flights &) = delete;
+
+  // Splits `rows` into the rows this request looks up and computes (`own`), rows equal to an
+  // earlier row of this request (`dup_of`: row -> that row) and rows another request is looking
+  // up or computing (`waits`).
+  void claim(const std::string &encoder, const std::string &version, const std::vector<cache::CacheKey> &digests,
+             std::vector<size_t> rows, std::vector<size_t> &own, std::map<size_t, size_t> &dup_of,
+             std::vector<std::pair<size_t, std::shared_future<RowResult>>> &waits) {
+    own.clear();
+    std::unordered_map<cache::CacheKey, size_t, cache::CacheKeyHash> first;
+    std::lock_guard<std::mutex> lock(s_.flights_mu_);
+    for (size_t r : rows) {
+      const cache::CacheKey key = cache::CacheKey::bind(encoder, version, digests[r]);
+      if (auto f = first.find(key); f != first.end()) {
+        dup_of[r] = f->second;
+        continue;
+      }
+      first.emplace(key, r);
+      if (auto it = s_.flights_.find(key); it != s_.flights_.end()) {
+        waits.emplace_back(r, it->second.result);
+        continue;
+      }
+      auto promise = std::make_shared<std::promise<RowResult>>();
+      const uint64_t id = s_.next_flight_++;
+      s_.flights_.emplace(key, Flight{id, promise->get_future().share()});
+      owned_.push_back({key, r, id, std::move(promise), false, false});
+      own.push_back(r);
+    }
+  }
+
+  // Hands the computed rows to their waiters.
+  void deliver(const std::map<size_t, std::vector<Tensor>> &computed, const std::map<size_t, std::string> &versions) {
+    std::lock_guard<std::mutex> lock(s_.flights_mu_);
+    for (Owned &o : owned_) {
+      auto it = computed.find(o.row);
+      if (o.done || it == computed.end()) continue;
+      o.promise->set_value(RowResult{it->second, versions.at(o.row)});
+      o.done = true;
+    }
+  }
+
+  // Hands the rows found in the cache to their waiters (their flights end with this request).
+  void deliver_hits(const std::vector<std::optional<cache::Entry>> &hits, const std::string &version) {
+    std::lock_guard<std::mutex> lock(s_.flights_mu_);
+    for (Owned &o : owned_) {
+      if (o.done || !hits[o.row]) continue;
+      RowResult got{{}, version};
+      for (const Tensor &t : hits[o.row]->tensors())
+        got.outputs.push_back(with_batch_dim_owned(t));
+      o.promise->set_value(std::move(got));
+      o.done = true;
+    }
+  }
+
+  // The flight of row `row`, now handed to the writer (which lands it), or 0 when this request
+  // owns none for it.
+  uint64_t hand_off(size_t row) {
+    std::lock_guard<std::mutex> lock(s_.flights_mu_);
+    for (Owned &o : owned_) {
+      if (o.row != row || !o.done) continue;
+      o.handed_off = true;
+      return o.id;
+    }
+    return 0;
+  }
+
+private:
+  struct Owned {
+    cache::CacheKey key;
+    size_t row;
+    uint64_t id;
+    std::shared_ptr<std::promise<RowResult>> promise;
+    bool done, handed_off;
+  };
+  CacheService &s_;
+  std::vector<Owned> owned_;
+};
 
 CacheService::CacheService(const CacheConfig &config, engine::Engine &engine, metrics::Registry &registry)
     : config_(config), engine_(engine), registry_(registry),
@@ -155,6 +256,7 @@ void CacheService::store(Pending p) {
     std::lock_guard<std::mutex> lock(mu_);
     if (queued_bytes_ + p.nbytes > config_.pending_bytes) {
       dropped_.inc();
+      land(p.key, p.flight);
       return;
     }
     queued_bytes_ += p.nbytes;
@@ -182,6 +284,7 @@ void CacheService::writer_loop() {
     } catch (const std::exception &) {
       dropped_.inc(); // outputs the codec cannot frame are simply not cached
     }
+    land(p.key, p.flight);
     const uint64_t n = p.nbytes;
     p.outputs.clear(); // frees the batch's outputs outside the lock
     lock.lock();
@@ -190,6 +293,13 @@ void CacheService::writer_loop() {
     pending_gauge_.set(static_cast<double>(queued_bytes_));
     if (queue_.empty() && writing_ == 0) idle_cv_.notify_all();
   }
+}
+
+void CacheService::land(const cache::CacheKey &key, uint64_t id) {
+  if (id == 0) return;
+  std::lock_guard<std::mutex> lock(flights_mu_);
+  auto it = flights_.find(key);
+  if (it != flights_.end() && it->second.id == id) flights_.erase(it);
 }
 
 void CacheService::flush() {
@@ -266,49 +376,89 @@ std::string CacheService::encode(const std::string &encoder, bool cacheable, con
     const bool read = meta.mode == Mode::kUse && round == 0;
     std::string version = info->version;
     std::vector<std::optional<cache::Entry>> hits(rows);
+
+    // Single flight: each row is claimed before the cache is read, and a flight ends only once its
+    // entry is stored, so a row is either found in the cache, awaited from the request computing
+    // it right now, or computed here; a row repeated within this request is computed once.
+    std::vector<size_t> own(rows);
+    for (size_t r = 0; r < rows; ++r)
+      own[r] = r;
+    std::map<size_t, size_t> dup_of;
+    std::vector<std::pair<size_t, std::shared_future<RowResult>>> waits;
+    Flights flights(*this);
+    if (read) flights.claim(encoder, version, digests, own, own, dup_of, waits);
     std::vector<size_t> misses;
-    for (size_t r = 0; r < rows; ++r) {
+    for (size_t r : own) {
       if (read) hits[r] = cache_->get(cache::CacheKey::bind(encoder, version, digests[r]));
       if (!hits[r]) misses.push_back(r);
     }
     if (read) {
-      rows_hit.inc(static_cast<double>(rows - misses.size()));
+      flights.deliver_hits(hits, version);
+      rows_hit.inc(static_cast<double>(own.size() - misses.size()));
       rows_missed.inc(static_cast<double>(misses.size()));
     }
+    own = misses;
 
     // Computed rows' outputs, in spec order, each [1, ...] cut to the row's length.
     std::map<size_t, std::vector<Tensor>> computed;
     std::vector<std::string> computed_versions;
     Timings timings;
     std::optional<engine::Result> whole; // all rows computed by one engine request
-    if (misses.size() == rows) {
+
+    auto row_inputs = [&](size_t r) {
+      std::vector<Tensor> row;
+      for (size_t i = 0; i < inputs.size(); ++i)
+        row.push_back(slice_rows(inputs[i], r, 1, seq_dims[i], cut ? meta.lengths[r] : -1));
+      return row;
+    };
+    std::map<size_t, std::string> row_version;
+    auto take = [&](size_t r, engine::Result res) {
+      row_version[r] = res.version;
+      timings.queue_us = std::max(timings.queue_us, res.queue_us);
+      timings.compute_us = std::max(timings.compute_us, res.compute_us);
+      timings.batch_samples = std::max(timings.batch_samples, res.batch_samples);
+      computed_versions.push_back(res.version);
+      computed[r] = std::move(res.outputs);
+    };
+    if (own.size() == rows) {
       std::future<engine::Result> f = submit_to_engine(engine_, encoder, inputs, deadline, &registry_);
       whole = wait_for_engine(f);
       timings = {whole->queue_us, whole->compute_us, whole->batch_samples};
       computed_versions.push_back(whole->version);
       for (size_t r = 0; r < rows; ++r) {
+        row_version[r] = whole->version;
         for (size_t k = 0; k < whole->outputs.size(); ++k) {
           const TensorSpec *s = spec_of(info->spec.outputs, whole->outputs[k].name);
           computed[r].push_back(slice_rows(whole->outputs[k], r, 1, s ? s->seq_dim : -1, cut ? meta.lengths[r] : -1));
         }
       }
-    } else if (!misses.empty()) {
+    } else if (!own.empty()) {
       std::vector<std::future<engine::Result>> futures;
-      for (size_t r : misses) {
-        std::vector<Tensor> row;
-        for (size_t i = 0; i < inputs.size(); ++i)
-          row.push_back(slice_rows(inputs[i], r, 1, seq_dims[i], cut ? meta.lengths[r] : -1));
-        futures.push_back(submit_to_engine(engine_, encoder, std::move(row), deadline, &registry_));
-      }
-      for (size_t j = 0; j < misses.size(); ++j) {
-        engine::Result res = wait_for_engine(futures[j]);
-        timings.queue_us = std::max(timings.queue_us, res.queue_us);
-        timings.compute_us = std::max(timings.compute_us, res.compute_us);
-        timings.batch_samples = std::max(timings.batch_samples, res.batch_samples);
-        computed_versions.push_back(res.version);
-        computed[misses[j]] = std::move(res.outputs);
+      for (size_t r : own)
+        futures.push_back(submit_to_engine(engine_, encoder, row_inputs(r), deadline, &registry_));
+      for (size_t j = 0; j < own.size(); ++j)
+        take(own[j], wait_for_engine(futures[j]));
+    }
+    flights.deliver(computed, row_version);
+    for (auto &[r, flight] : waits) {
+      try {
+        RowResult got = flight.get();
+        computed_versions.push_back(got.version);
+        computed[r] = std::move(got.outputs);
+      } catch (const std::exception &) {
+        // The request computing it failed (its own deadline, say): compute it for this one.
+        std::future<engine::Result> f = submit_to_engine(engine_, encoder, row_inputs(r), deadline, &registry_);
+        take(r, wait_for_engine(f));
+        own.push_back(r);
       }
     }
+    for (const auto &[r, first] : dup_of) {
+      if (hits[first])
+        hits[r] = hits[first];
+      else
+        computed[r] = computed.at(first);
+    }
+
     // An in-place update raced this request: its rows came from two versions. Recompute it whole,
     // in one engine request, so that one answer never mixes versions.
     const bool hits_present = misses.size() < rows;
@@ -322,9 +472,11 @@ std::string CacheService::encode(const std::string &encoder, bool cacheable, con
     }
     if (!computed_versions.empty()) version = computed_versions[0];
 
-    // Store what was computed, after the response is built; the Pending rows share the outputs.
-    for (auto &[r, outs] : computed) {
-      Pending p{cache::CacheKey::bind(encoder, version, digests[r]), encoder, version, {}, 0};
+    // Store what this request computed, after the response is built; the Pending rows share the
+    // outputs. Awaited and repeated rows are stored by the request that computed them.
+    for (size_t r : own) {
+      const std::vector<Tensor> &outs = computed.at(r);
+      Pending p{cache::CacheKey::bind(encoder, version, digests[r]), encoder, version, {}, 0, flights.hand_off(r)};
       for (const Tensor &t : outs) {
         p.outputs.push_back(without_batch_dim(t));
         p.nbytes += t.nbytes;

@@ -6,7 +6,9 @@
 // the version serving it now. Rows found in the cache tiers are served from there; the others go to
 // the engine; their outputs are stored, after the response, by a background thread (Entry frames,
 // then TieredCache's own write queue for RocksDB and Redis). A response says which rows came from
-// the cache (meta "cache_hits").
+// the cache (meta "cache_hits"). A row that another request is computing at the same moment is
+// awaited rather than computed twice (single flight), and a row repeated within one request is
+// computed once.
 //
 // Request meta (all optional; docs/wire-format.md, "Cache"):
 //   "cache":   "use" (default) | "refresh" (compute and overwrite) | "bypass" (neither read nor write)
@@ -32,11 +34,13 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <future>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "cache/cache.h"
@@ -95,7 +99,15 @@ private:
     std::string encoder, version;
     std::vector<Tensor> outputs; // the row's outputs, without a batch dimension
     uint64_t nbytes = 0;
+    uint64_t flight = 0; // the flight this row lands once stored (0: none)
   };
+
+  // One computed row for the requests that waited for it (single flight).
+  struct RowResult {
+    std::vector<Tensor> outputs; // [1, ...] each, spec order
+    std::string version;
+  };
+  class Flights; // cache_service.cpp
 
   // Queues a computed row for storing; drops it (counted) when pending_bytes would be exceeded.
   void store(Pending p);
@@ -107,6 +119,17 @@ private:
   std::unique_ptr<cache::TieredCache> cache_;
   metrics::Counter &dropped_;
   metrics::Gauge &pending_gauge_;
+
+  std::mutex flights_mu_; // guards flights_
+  // A row being computed, until its entry is in the cache: later requests find one or the other.
+  struct Flight {
+    uint64_t id;
+    std::shared_future<RowResult> result;
+  };
+  std::unordered_map<cache::CacheKey, Flight, cache::CacheKeyHash> flights_;
+  uint64_t next_flight_ = 1;
+  // Ends the flight `id` of `key` (its entry is stored, or will not be).
+  void land(const cache::CacheKey &key, uint64_t id);
 
   std::mutex mu_; // guards the queue below
   std::condition_variable cv_, idle_cv_;

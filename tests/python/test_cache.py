@@ -221,3 +221,18 @@ def test_an_in_place_update_is_never_answered_from_an_old_entry(tmp_path):
         assert meta["sources"] == ["server_cache"] * 8
     finally:
         assert server.stop() == 0
+
+
+def test_a_server_without_a_cache_still_answers_cache_first_clients(tmp_path):
+    server = start(tmp_path / "s", {"enabled": False})
+    try:
+        client = EmbeddingClient([f"127.0.0.1:{server.port}"], timeout=60)
+        batch = samples(6)
+        for _ in range(2):
+            out, meta = client.submit_many("tokens", batch).result()
+            check(out, batch)
+            assert meta["sources"] == ["computed"] * 6
+        status, _, body = server.request("GET", "/v1/cache/stats")
+        assert status == 404 and "no cache" in json.loads(body)["error"]
+    finally:
+        assert server.stop() == 0

