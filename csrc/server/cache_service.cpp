@@ -441,6 +441,15 @@ std::string CacheService::encode(const std::string &encoder, bool cacheable, con
     }
     flights.deliver(computed, row_version);
     for (auto &[r, flight] : waits) {
+      // A wait honours this request's own deadline, as its queueing would.
+      if (deadline && flight.wait_until(*deadline) != std::future_status::ready) {
+        registry_
+            .counter("jit_requests_total", "Requests by encoder and outcome.",
+                     {{"encoder", encoder}, {"outcome", "deadline"}})
+            .inc();
+        throw ServerError(Code::kDeadlineExceeded, "deadline exceeded while waiting for encoder '" + encoder +
+                                                       "' (the same sample, computed for another request)");
+      }
       try {
         RowResult got = flight.get();
         computed_versions.push_back(got.version);
