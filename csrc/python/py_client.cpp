@@ -22,6 +22,21 @@ std::optional<std::chrono::system_clock::time_point> to_deadline(std::optional<d
       std::chrono::duration_cast<std::chrono::system_clock::duration>(std::chrono::duration<double>(*epoch_s)));
 }
 
+// Waits for `future` with the GIL released, up to `timeout_s` (none: until it is ready); raises
+// TimeoutError when it is not ready by then.
+template <class T> void wait_released(const std::shared_future<T> &future, std::optional<double> timeout_s) {
+  py::gil_scoped_release nogil;
+  if (!timeout_s) {
+    future.wait();
+    return;
+  }
+  if (future.wait_for(std::chrono::duration<double>(std::max(0.0, *timeout_s))) != std::future_status::ready) {
+    py::gil_scoped_acquire gil;
+    PyErr_SetString(PyExc_TimeoutError, "the request is still in flight");
+    throw py::error_already_set();
+  }
+}
+
 } // namespace
 
 bool PyClientFuture::done() const {
@@ -29,18 +44,7 @@ bool PyClientFuture::done() const {
 }
 
 py::tuple PyClientFuture::result(std::optional<double> timeout_s) const {
-  {
-    py::gil_scoped_release nogil;
-    if (timeout_s) {
-      if (future_.wait_for(std::chrono::duration<double>(std::max(0.0, *timeout_s))) != std::future_status::ready) {
-        py::gil_scoped_acquire gil;
-        PyErr_SetString(PyExc_TimeoutError, "the request is still in flight");
-        throw py::error_already_set();
-      }
-    } else {
-      future_.wait();
-    }
-  }
+  wait_released(future_, timeout_s);
   const client::Response &r = future_.get(); // rethrows ClientError
   const std::string &body = *r.body;
   const auto *base = reinterpret_cast<const uint8_t *>(body.data());
@@ -106,18 +110,7 @@ bool PyRowsFuture::done() const {
 }
 
 py::tuple PyRowsFuture::result(std::optional<double> timeout_s) const {
-  {
-    py::gil_scoped_release nogil;
-    if (timeout_s) {
-      if (future_.wait_for(std::chrono::duration<double>(std::max(0.0, *timeout_s))) != std::future_status::ready) {
-        py::gil_scoped_acquire gil;
-        PyErr_SetString(PyExc_TimeoutError, "the request is still in flight");
-        throw py::error_already_set();
-      }
-    } else {
-      future_.wait();
-    }
-  }
+  wait_released(future_, timeout_s);
   const client::RowsResponse &r = future_.get(); // rethrows ClientError
   py::list rows, sources;
   for (size_t i = 0; i < r.outputs.size(); ++i) {
