@@ -59,9 +59,11 @@ demo: build
 	@$(PYTHON) examples/train_text_to_image.py
 
 bench: build
+	@$(PYTHON) -c "import ray.serve" 2>/dev/null || $(PYTHON) -m pip install --quiet "ray[serve]"  # vs_ray_serve.py only
 	@$(PYTHON) benchmarks/codec.py
 	@$(PYTHON) benchmarks/server.py
 	@$(PYTHON) benchmarks/cache.py
+	@$(PYTHON) benchmarks/vs_ray_serve.py
 
 lint: setup
 	@$(PYTHON) -m ruff check jit_embedding tests benchmarks examples setup.py
