@@ -3,6 +3,7 @@
 Subcommands arrive with the layers they drive; today:
 
     jit-embedding inspect FRAME      print a frame's header and envelope (no payload decoding)
+    jit-embedding bench ...          load-test a deployment: throughput and latency (docs/bench.md)
     jit-embedding cache ...          warm, inspect and prune the servers' embedding caches (docs/cache.md)
     jit-embedding export ...         export an encoder into an artifact folder (docs/export.md)
     jit-embedding serve --config F   run the server in this process, with Python factories (docs/serving.md)
@@ -19,7 +20,7 @@ import traceback
 import warnings
 from pathlib import Path
 
-from jit_embedding import _C, __version__, cache_cli, codec
+from jit_embedding import _C, __version__, bench_cli, cache_cli, codec
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -164,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=int, help="override server.port (0: a free port)")
     srv.add_argument("--port-file", help="write the bound port here once listening")
     srv.set_defaults(func=_cmd_serve)
+    bench_cli.add_parser(sub)
     cache_cli.add_parser(sub)
     ver = sub.add_parser("version", help="print versions")
     ver.set_defaults(func=_cmd_version)

@@ -54,6 +54,11 @@ class Future:
         """Whether the answer (or the error) is in."""
         return self._native.done()
 
+    def wait(self, timeout: float | None = None) -> None:
+        """Waits as ``result`` does (and raises as it does) without building the tensors: for
+        callers that time the wait and the decoding apart."""
+        self._native.result(timeout)
+
     def result(self, timeout: float | None = None) -> tuple[dict[str, torch.Tensor], dict]:
         """Waits up to ``timeout`` seconds (None: until the request's own deadline resolves it).
 
@@ -224,6 +229,14 @@ class EmbeddingClient:
             ClientError: an invalid encoder name.
         """
         frame = codec.encode(inputs)
+        return Future(self._native.submit(encoder, frame, key or "", deadline))
+
+    def submit_frame(
+        self, encoder: str, frame: bytes | bytearray | memoryview, key: str | None = None, deadline: float | None = None
+    ) -> Future:
+        """Sends a request frame built by the caller (``codec.encode(inputs, meta=...)``), for
+        callers that set the request meta themselves (the cache mode, say) or time the encoding
+        apart, as ``jit-embedding bench`` does. Otherwise as ``submit``."""
         return Future(self._native.submit(encoder, frame, key or "", deadline))
 
     def encode(
