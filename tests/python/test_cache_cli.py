@@ -26,7 +26,7 @@ import pytest
 import serving
 
 from jit_embedding import cli
-from jit_embedding.cache_cli import parse_duration, parse_size
+from jit_embedding.cli_common import parse_duration, parse_size
 
 ENV = {**os.environ, "PYTHONPATH": str(serving.ROOT / "tests" / "python")}
 TOKENS = {"factory": "client_encoders:tokens", "options": {"vocab": 50, "width": 8, "seed": 1}}
