@@ -64,6 +64,8 @@ bench: build
 	@$(PYTHON) benchmarks/server.py
 	@$(PYTHON) benchmarks/cache.py
 	@$(PYTHON) benchmarks/vs_ray_serve.py
+	@$(PYTHON) benchmarks/transport.py
+	@$(PYTHON) benchmarks/vs_in_process.py
 
 lint: setup
 	@$(PYTHON) -m ruff check jit_embedding tests benchmarks examples setup.py
