@@ -2,6 +2,7 @@
 
     jit-embedding bench --server URL [--server URL ...] --encoder NAME [--concurrency 1:64:x2]
     jit-embedding bench --server URL --encoder NAME --rate 200 [--arrivals poisson]
+    jit-embedding bench --server URL --encoder NAME --concurrency 16 --profile trace.json
 
 It sends synthetic inputs, made from the encoder's spec (GET /v1/encoders), through EmbeddingClient's
 pooled keep-alive connections, with the meta ``cache: "bypass"`` by default so that the servers
@@ -19,6 +20,10 @@ Each level runs a discarded warm-up window, then measurement windows of ``--wind
 throughput of the last three windows is within ``--stability`` of their mean, or ``--max-windows``
 windows. A level's numbers are those of its last (up to) three windows. The sweep stops after the
 first level whose p99 exceeds ``--latency-threshold-ms``.
+
+``--profile PATH`` fetches a Chrome trace of the first server's pipeline stages (GET /v1/trace,
+``--profile-ms`` long) during the first level, starting after its warm-up window; the level's load
+keeps running until the capture ends. The trace is written to PATH (open it in ui.perfetto.dev).
 
 Every problem is one line on stderr: exit status 2 for a bad argument, 1 for a failure (an
 unreachable server, an unknown encoder, a probe request the server refuses, a level where every
@@ -44,7 +49,7 @@ import numpy as np
 import torch
 
 from jit_embedding import codec
-from jit_embedding.cache_cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, CommandError, Server
+from jit_embedding.cli_common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, CommandError, Server
 from jit_embedding.client import CACHE_MODES, ClientError, EmbeddingClient
 
 #: Integer token inputs get random ids in [1, vocab); inputs whose name contains this are all ones.
@@ -58,6 +63,8 @@ STABLE_WINDOWS = 3
 COLLECTORS = 8
 #: Native client workers (requests in flight at once) in open-loop mode.
 OPEN_LOOP_WORKERS = 256
+#: GET /v1/trace's bounds on duration_ms.
+PROFILE_MS_RANGE = (1, 60000)
 
 _FLOAT_DTYPES = {"float32", "float16", "bfloat16", "float8_e4m3fn"}
 _INT_DTYPES = {"int8", "int16", "int32", "int64"}
@@ -139,9 +146,14 @@ def _check_args(args: argparse.Namespace) -> list[Server]:
         positive(flag, value)
     if args.vocab < 2:
         raise CommandError(f"--vocab must be at least 2, got {args.vocab}", EXIT_USAGE)
+    if not PROFILE_MS_RANGE[0] <= args.profile_ms <= PROFILE_MS_RANGE[1]:
+        raise CommandError(
+            f"--profile-ms must be in [{PROFILE_MS_RANGE[0]}, {PROFILE_MS_RANGE[1]}], got {args.profile_ms}", EXIT_USAGE
+        )
     if args.rate is not None and args.concurrency is not None:
         raise CommandError("give --concurrency (closed loop) or --rate (open loop), not both", EXIT_USAGE)
-    for flag, path in (("--csv", args.csv), ("--json", args.json), ("--plot", args.plot)):
+    outputs = (("--csv", args.csv), ("--json", args.json), ("--plot", args.plot), ("--profile", args.profile))
+    for flag, path in outputs:
         if path is not None and not Path(path).resolve().parent.is_dir():
             raise CommandError(f"{flag} {path}: the folder {Path(path).resolve().parent} does not exist", EXIT_USAGE)
     servers, seen = [], set()
@@ -320,6 +332,47 @@ class _Load:
         self._stop.set()
         for t in self._threads:
             t.join()
+
+
+class _Profiler:
+    """Fetches GET /v1/trace from one server on a thread of its own, after ``delay_s`` of load."""
+
+    def __init__(self, server: Server, duration_ms: int, delay_s: float, timeout: float):
+        self.trace: dict | None = None
+        self.error: str | None = None
+        self._cancel = threading.Event()
+
+        def fetch() -> None:
+            if self._cancel.wait(delay_s):
+                return
+            try:
+                path = f"/v1/trace?duration_ms={duration_ms}"
+                self.trace = server.request_json("GET", path, timeout=duration_ms / 1e3 + timeout)
+            except CommandError as e:
+                self.error = str(e)
+
+        self._thread = threading.Thread(target=fetch, daemon=True)
+        self._thread.start()
+
+    def wait(self, cancel: bool = False) -> None:
+        """Waits for the capture to end (the load should still be running); ``cancel`` skips one
+        that has not started yet."""
+        if cancel:
+            self._cancel.set()
+        self._thread.join()
+
+
+def write_profile(path: str, trace: dict) -> str:
+    """Writes the trace; returns the line that reports it."""
+    Path(path).write_text(json.dumps(trace) + "\n")
+    events = [e for e in trace.get("traceEvents", []) if e.get("ph") in ("X", "b")]
+    other = trace.get("otherData") or {}
+    dropped = int(other.get("dropped_events", 0))
+    return (
+        f"wrote trace {path}: {len(events)} events over {float(other.get('duration_ms', 0)):.0f} ms"
+        + (f", {dropped} dropped (buffer full)" if dropped else "")
+        + "; open it in https://ui.perfetto.dev"
+    )
 
 
 def _bytes(client: EmbeddingClient) -> int:
@@ -534,6 +587,8 @@ def run(args: argparse.Namespace) -> int:
     rows: list[dict] = []
     note = None
     first_error = None
+    profiling = False
+    profiler = None
     try:
         for level in levels:
             load = _Load(client, args.encoder, input_sets, meta, args.timeout)
@@ -541,9 +596,15 @@ def run(args: argparse.Namespace) -> int:
                 load.start_closed(int(level))
             else:
                 load.start_open(float(level), args.arrivals, args.seed)
+            if args.profile and profiler is None:
+                profiler = _Profiler(servers[0], args.profile_ms, args.window_s, args.timeout)
+                profiling = True
             try:
                 measured = measure(load, client, args)
             finally:
+                if profiling:
+                    profiling = False
+                    profiler.wait(cancel=sys.exc_info()[0] is not None)  # under load until the capture ends
                 load.stop()
             row = {"concurrency": int(level) if mode == "closed" else None, "rate": level if mode == "open" else None}
             row.update(measured)
@@ -595,11 +656,19 @@ def run(args: argparse.Namespace) -> int:
             print(f"wrote {args.plot}")
         else:
             print(f"note: matplotlib is not installed, so no plot was written to {args.plot}")
+    profile_error = None
+    if profiler is not None and profiler.trace is not None:
+        print(write_profile(args.profile, profiler.trace))
+    elif profiler is not None and note != "interrupted":
+        profile_error = f"--profile: no trace from {servers[0].url}: {profiler.error or 'the capture was skipped'}"
     if note == "interrupted":
         print("jit-embedding bench: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     if note and note.startswith("every"):
         print(f"jit-embedding bench: {note}", file=sys.stderr)
+        return EXIT_FAILED
+    if profile_error:
+        print(f"jit-embedding bench: {profile_error}", file=sys.stderr)
         return EXIT_FAILED
     return 0
 
@@ -656,4 +725,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--csv", metavar="PATH", help="write one row per level as CSV (default: none)")
     p.add_argument("--json", metavar="PATH", help="write the settings and rows as JSON (default: none)")
     p.add_argument("--plot", metavar="PATH", help="write a PNG of throughput vs p99 latency (needs matplotlib)")
+    p.add_argument(
+        "--profile",
+        metavar="PATH",
+        help="during the first level, capture a Chrome trace of the first server's pipeline (GET /v1/trace)"
+        " and write it here (default: none)",
+    )
+    p.add_argument(
+        "--profile-ms", type=int, default=2000, help="length of the --profile capture in ms, 1 to 60000 (default 2000)"
+    )
     p.set_defaults(func=_run)

@@ -1,9 +1,11 @@
 #include "engine/engine.h"
 
 #include "common/rows.h"
+#include "common/trace.h"
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <thread>
 
 namespace jit::engine {
@@ -118,7 +120,10 @@ public:
                                        metrics::exponential_buckets(1e-5, 2, 18), l);
     }
     for (size_t i = 0; i < std::max<size_t>(1, config_.instances); ++i)
-      threads_.emplace_back([this] { loop(); });
+      threads_.emplace_back([this, i] {
+        trace::name_thread("encoder " + name_ + " instance " + std::to_string(i));
+        loop();
+      });
   }
 
   ~Deployment() { close_and_join(); }
@@ -173,7 +178,18 @@ private:
     }
   }
 
+  // Each request's wait, from admission to this batch's start, on the encoder's "queue <name>"
+  // track: the waits overlap one another, so they are async spans rather than a thread's.
+  void trace_queue_waits(const std::vector<Job *> &jobs, Clock::time_point start) const {
+    for (const Job *j : jobs) {
+      trace::record("queue " + name_, "queue", j->enqueued, start,
+                    {{"encoder", name_, 0, false}, {"samples", {}, static_cast<int64_t>(j->samples), true}},
+                    trace::next_async_id());
+    }
+  }
+
   // Stacks the jobs' inputs, runs the executor, and hands each job its rows of every output.
+  // Traced as "batch", with "stack", "forward" and "split" nested in it, on this executor thread.
   void run(std::vector<Pending> &pending) {
     Clock::time_point start = Clock::now();
     std::vector<Job *> jobs;
@@ -184,10 +200,18 @@ private:
       total += jobs.back()->samples;
       seq_len = std::max(seq_len, jobs.back()->seq_len);
     }
+    trace::Scope batch_span("batch", "engine");
+    if (batch_span.active()) {
+      batch_span.arg("encoder", name_);
+      batch_span.arg("samples", static_cast<int64_t>(total));
+      batch_span.arg("requests", static_cast<int64_t>(jobs.size()));
+      trace_queue_waits(jobs, start);
+    }
     const EncoderSpec &spec = exec_->spec();
     try {
       Batch b;
       b.size = total;
+      std::optional<trace::Scope> stack_span(std::in_place, "stack", "engine");
       for (size_t i = 0; i < spec.inputs.size(); ++i) {
         const Tensor &first = jobs[0]->inputs[i];
         if (jobs.size() == 1) {
@@ -202,7 +226,10 @@ private:
         Tensor stacked = concat_rows(first.name, parts, seq_len >= 0 ? dim : -1, spec.inputs[i].pad_value);
         b.inputs.push_back(std::move(stacked));
       }
+      stack_span.reset();
+      std::optional<trace::Scope> forward_span(std::in_place, "forward", "engine");
       EncoderOutput out = exec_->run(b);
+      forward_span.reset();
       if (out.outputs.size() != spec.outputs.size()) {
         throw ExecutorError("returned " + std::to_string(out.outputs.size()) + " outputs, its spec has " +
                             std::to_string(spec.outputs.size()));
@@ -219,6 +246,7 @@ private:
                               std::to_string(seq_len) + " in dimension " + std::to_string(dim));
         }
       }
+      trace::Scope split_span("split", "engine");
       double compute_us = micros(Clock::now() - start);
       std::vector<Result> results;
       results.reserve(jobs.size());

@@ -3,6 +3,7 @@
 
 #include <utility>
 
+#include "common/trace.h"
 #include "server/encode_handler.h"
 
 namespace jit::server {
@@ -10,6 +11,10 @@ namespace jit::server {
 namespace {
 
 using Code = ServerError::Code;
+
+// A capture's bound for GET /v1/trace: a few seconds of a busy server (~10^5 events a second at
+// ~20k requests a second), at a few hundred bytes an event.
+constexpr size_t kTraceMaxEvents = size_t{1} << 19;
 
 std::string json_int_list(const std::vector<int64_t> &values) {
   std::string out = "[";
@@ -58,6 +63,9 @@ App::App(ServerConfig config, ExecutorFactory factory)
   hooks.load_encoder = [this](const std::string &name, const std::string &body) {
     return handle_load_request(name, body);
   };
+  // The tracer is process-wide: one capture at a time, whichever App asked for it.
+  hooks.trace_start = [] { return trace::start(kTraceMaxEvents); };
+  hooks.trace_stop = [] { return trace::to_chrome_json(trace::stop()); };
   http_ = std::make_unique<HttpServer>(config_.server, registry_, std::move(hooks));
 }
 

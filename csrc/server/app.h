@@ -1,10 +1,10 @@
 // The server application: a config wired to an engine and an HTTP front end.
 //
 // App owns the metrics registry, the engine and the HttpServer, and provides the HTTP layer's
-// hooks: the encoder list, encoding (server/encode_handler.h) and in-place loads. How an
-// EncoderEntry becomes an executor is the caller's ExecutorFactory, which keeps this file
-// torch-free: the C++ binary passes a LibTorch factory (main.cpp), `jit-embedding serve` a Python
-// one, tests a plain C++ one.
+// hooks: the encoder list, encoding (server/encode_handler.h), in-place loads and trace captures
+// (GET /v1/trace over common/trace.h's process-wide tracer). How an EncoderEntry becomes an
+// executor is the caller's ExecutorFactory, which keeps this file torch-free: the C++ binary
+// passes a LibTorch factory (main.cpp), `jit-embedding serve` a Python one, tests a plain C++ one.
 //
 // In-place load (POST /v1/encoders/{name}/load, or load()): the factory builds the new executor
 // beside the serving one; Engine::load then switches new requests to it atomically while the old

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "common/trace.h"
+
 namespace jit::server {
 
 namespace {
@@ -77,6 +79,9 @@ std::string encode_response(const std::string &encoder, const std::string &versi
                             const std::vector<TensorView> &outputs, const Timings &timings,
                             const std::vector<int64_t> *cache_hits, const codec::EncodeOptions &response_options,
                             metrics::Registry *metrics) {
+  trace::Scope span("serialize", "http");
+  // A request in flight when a capture began has no traced "request" span to name its thread.
+  if (span.active()) trace::name_thread_once("http");
   const auto t0 = std::chrono::steady_clock::now();
   msgpack::sbuffer sb;
   msgpack::packer<msgpack::sbuffer> pk(sb);

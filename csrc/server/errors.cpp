@@ -15,6 +15,7 @@ int http_status(const ServerError &e) {
   case ServerError::Code::kPayloadTooLarge: return 413;
   case ServerError::Code::kNotFound: return 404;
   case ServerError::Code::kForbidden: return 403;
+  case ServerError::Code::kConflict: return 409;
   case ServerError::Code::kOverloaded: return 429;
   case ServerError::Code::kNotReady: return 503;
   case ServerError::Code::kDeadlineExceeded: return 504;
@@ -30,6 +31,7 @@ const char *code_name(ServerError::Code code) {
   case ServerError::Code::kPayloadTooLarge: return "payload_too_large";
   case ServerError::Code::kNotFound: return "not_found";
   case ServerError::Code::kForbidden: return "forbidden";
+  case ServerError::Code::kConflict: return "conflict";
   case ServerError::Code::kOverloaded: return "overloaded";
   case ServerError::Code::kNotReady: return "not_ready";
   case ServerError::Code::kDeadlineExceeded: return "deadline_exceeded";

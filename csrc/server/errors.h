@@ -25,6 +25,7 @@ public:
     kPayloadTooLarge,  // 413: the body or a frame size is over a limit
     kNotFound,         // 404: unknown route or encoder
     kForbidden,        // 403: the request names something it may not (an artifact outside artifact_root)
+    kConflict,         // 409: the request conflicts with one in progress (a second trace capture)
     kOverloaded,       // 429: a bounded queue is full; retry later
     kNotReady,         // 503: not ready yet, or draining
     kDeadlineExceeded, // 504: X-Deadline-Ms has passed
@@ -40,7 +41,7 @@ private:
 };
 
 // How many codes there are: the size of tables indexed by Code.
-inline constexpr size_t kServerErrorCodes = 9;
+inline constexpr size_t kServerErrorCodes = 10;
 
 // The HTTP status for e's code: 400, 422, 413, 404, 403, 429, 503, 504 or 500.
 int http_status(const ServerError &e);

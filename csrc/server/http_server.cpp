@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdint>
 #include <cstdlib>
@@ -14,6 +15,7 @@
 #include <stdexcept>
 #include <utility>
 
+#include "common/trace.h"
 #include "server/errors.h"
 
 namespace jit::server {
@@ -30,11 +32,17 @@ constexpr const char *kFrameType = "application/x-jit-embedding-frame";
 // A load request is a small JSON object; anything near this size is a mistake or an attack.
 constexpr size_t kMaxLoadBodyBytes = size_t{1} << 20;
 constexpr size_t kBodyAlign = 64; // the codec's payload alignment, so aliased tensors stay aligned
+// GET /v1/trace: duration_ms bounds and default.
+constexpr long kTraceMinMs = 1;
+constexpr long kTraceMaxMs = 60000;
+constexpr long kTraceDefaultMs = 2000;
 
 // The `path` label of jit_http_requests_total: the route template, never the raw path, so that a
 // client probing random URLs or encoder names cannot grow the number of series without bound.
 std::string route_label(const std::string &path) {
-  if (path == "/health/live" || path == "/health/ready" || path == "/metrics" || path == "/v1/encoders") return path;
+  if (path == "/health/live" || path == "/health/ready" || path == "/metrics" || path == "/v1/encoders" ||
+      path == "/v1/trace")
+    return path;
   if (path.rfind(kEncodePrefix, 0) == 0) return "/v1/encode/{encoder}";
   if (path.rfind(kEncodersPrefix, 0) == 0 && path.size() > 5 && path.compare(path.size() - 5, 5, "/load") == 0) {
     return "/v1/encoders/{name}/load";
@@ -211,7 +219,7 @@ HttpServer::HttpServer(ServerSettings settings, metrics::Registry &registry, Ser
   // Register every failure reason up front so each series exists (at 0) from the first scrape:
   // rate() over a series that appears only on the first failure misses that failure.
   for (Code c : {Code::kBadRequest, Code::kUnprocessable, Code::kPayloadTooLarge, Code::kNotFound, Code::kForbidden,
-                 Code::kOverloaded, Code::kNotReady, Code::kDeadlineExceeded, Code::kInternal}) {
+                 Code::kConflict, Code::kOverloaded, Code::kNotReady, Code::kDeadlineExceeded, Code::kInternal}) {
     failures_.at(static_cast<size_t>(c)) = &registry_.counter(
         "jit_http_failures_total", "HTTP requests that failed, by reason", {{"reason", code_name(c)}});
   }
@@ -297,6 +305,44 @@ void HttpServer::install_routes() {
                res.set_content("{\"encoders\": " + list + "}", kJson);
              }));
 
+  // A capture of the pipeline's stages: duration_ms in [1, 60000], default 2000. The wait ends
+  // early when the server stops (stop(), or the end of a drain), so it never holds up a shutdown.
+  http_->Get("/v1/trace", guarded([this](const httplib::Request &req, httplib::Response &res) {
+               if (!hooks_.trace_start || !hooks_.trace_stop)
+                 throw ServerError(Code::kNotFound, "not found: this server cannot trace");
+               long ms = kTraceDefaultMs;
+               if (req.has_param("duration_ms")) {
+                 const std::string v = req.get_param_value("duration_ms");
+                 char *end = nullptr;
+                 errno = 0;
+                 ms = v.empty() || v.size() > 9 || !std::isdigit(static_cast<unsigned char>(v[0]))
+                          ? -1
+                          : std::strtol(v.c_str(), &end, 10);
+                 if (ms < kTraceMinMs || ms > kTraceMaxMs || end == nullptr || *end != '\0' || errno != 0) {
+                   throw ServerError(Code::kBadRequest, "duration_ms must be an integer in [" +
+                                                            std::to_string(kTraceMinMs) + ", " +
+                                                            std::to_string(kTraceMaxMs) + "], got " + json_quote(v));
+                 }
+               }
+               if (!hooks_.trace_start())
+                 throw ServerError(Code::kConflict, "conflict: a trace capture is already running");
+               // Whatever happens below, the capture ends with this request.
+               struct StopOnExit {
+                 const std::function<std::string()> &stop;
+                 bool done = false;
+                 ~StopOnExit() {
+                   if (!done) stop();
+                 }
+               } capture{hooks_.trace_stop};
+               {
+                 std::unique_lock<std::mutex> lock(mu_);
+                 idle_cv_.wait_for(lock, std::chrono::milliseconds(ms), [&] { return stopped_ || draining_; });
+               }
+               std::string json = hooks_.trace_stop();
+               capture.done = true;
+               res.set_content(json, kJson);
+             }));
+
   // POSTs are counted in before anything else, so that begin_drain() waits for them.
   struct InFlight {
     HttpServer *self;
@@ -321,6 +367,11 @@ void HttpServer::install_routes() {
           const std::function<std::string(const codec::DecodedFrame &,
                                           std::optional<std::chrono::system_clock::time_point>)> &handle) {
         run_guarded(res, [&] {
+          trace::Scope request_span("request", "http");
+          if (request_span.active()) {
+            trace::name_thread_once("http");
+            request_span.arg("path", req.path);
+          }
           InFlight in_flight(this, in_flight_gauge);
           if (!in_flight.entered) {
             read_body(req, res, reader, settings_.max_body_bytes, nullptr);
@@ -347,6 +398,8 @@ void HttpServer::install_routes() {
           try {
             // Validated before anything else: a malformed frame is the client's first problem
             // whatever it was sent to.
+            trace::Scope decode_span("decode", "http");
+            decode_span.arg("bytes", static_cast<int64_t>(body.size()));
             frame = codec::decode(body.data(), body.size(), options);
           } catch (const codec::CodecError &e) {
             throw from_codec_error(e);
@@ -497,6 +550,7 @@ void HttpServer::stop() {
     if (stopped_) return;
     stopped_ = true;
   }
+  idle_cv_.notify_all(); // ends a GET /v1/trace wait early
   // httplib asserts on a second stop() of a running server; stopped_ makes ours idempotent.
   if (listener_.joinable()) http_->stop();
 }

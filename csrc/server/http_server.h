@@ -17,6 +17,12 @@
 //   GET  /v1/cache/stats       JSON (ServerHooks::cache_stats); ?versions=1 adds a scan by version
 //   POST /v1/cache/prune       JSON body -> JSON (ServerHooks::cache_prune)
 //   The cache routes answer 404 when the server has no cache (cache.enabled: false).
+//   GET  /v1/trace?duration_ms=N
+//                              captures the pipeline's stages for N ms (1..60000, default 2000;
+//                              else 400) and answers them as Chrome trace JSON (common/trace.h);
+//                              409 while another capture runs, 404 without the trace hooks. The
+//                              wait ends early if the server stops. No authentication yet, like
+//                              the load route: bind to loopback or a trusted network.
 //
 // Request bodies of POST /v1/encode are read straight from the socket into a per-thread,
 // 64-byte-aligned buffer that is reused across requests (reserved from Content-Length, grown for
@@ -98,6 +104,10 @@ struct ServerHooks {
   std::function<std::string(const codec::DecodedFrame &frame)> cache_lookup;
   std::function<std::string(bool versions)> cache_stats;
   std::function<std::string(const std::string &body)> cache_prune;
+  // GET /v1/trace: trace_start begins a capture and returns false when one already runs (409);
+  // trace_stop ends it and returns the Chrome trace JSON. Empty: 404.
+  std::function<bool()> trace_start;
+  std::function<std::string()> trace_stop;
 };
 
 class HttpServer {

@@ -64,12 +64,12 @@ elseif(JIT_BUILD_TESTS)
 endif()
 
 # The server layer: the error mapping, the config, and HttpServer and App in-process over loopback
-# (torch-free: a test executor factory); the binary itself is tested end to end by
+# (torch-free: a test executor factory), and the tracer (here for yaml-cpp, which parses its JSON); the binary itself is tested end to end by
 # tests/python/test_server_http.py.
 if(JIT_BUILD_TESTS)
   add_executable(test_server tests/cpp/server/test_errors.cpp tests/cpp/server/test_http_server.cpp
     tests/cpp/server/test_encode_handler.cpp tests/cpp/server/test_config.cpp tests/cpp/server/test_app.cpp
-    tests/cpp/server/test_cache_service.cpp)
+    tests/cpp/server/test_cache_service.cpp tests/cpp/common/test_trace.cpp)
   target_include_directories(test_server PRIVATE ${MSGPACK_INCLUDE_DIR})
   target_compile_definitions(test_server PRIVATE MSGPACK_NO_BOOST)
   # httplib's client drives the server over loopback; its flags must match the library's (see

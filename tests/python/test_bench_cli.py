@@ -1,8 +1,9 @@
 """`jit-embedding bench` against a real `jit-embedding serve` on loopback (Python factory encoders from
 python_encoders.py and client_encoders.py): a short closed-loop sweep reports every level with
 ordered percentiles and the time breakdown, and writes CSV and JSON; the open loop runs with Poisson
-arrivals; bad arguments, an unknown encoder and an unreachable server are one-line errors with exit
-status 2 (usage) or 1 (failure). Only shapes of the results are checked, never timings."""
+arrivals; --profile writes a Chrome trace of the server's pipeline; bad arguments, an unknown
+encoder and an unreachable server are one-line errors with exit status 2 (usage) or 1 (failure).
+Only shapes of the results are checked, never timings."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 import serving
 
 from jit_embedding import bench_cli, cli
-from jit_embedding.cache_cli import CommandError
+from jit_embedding.cli_common import CommandError
 
 ENV = {**os.environ, "PYTHONPATH": str(serving.ROOT / "tests" / "python")}
 ENCODERS = [
@@ -133,6 +134,20 @@ def test_open_loop_poisson(server, tmp_path):
     check_row(row)
 
 
+def test_profile_writes_a_chrome_trace_of_the_first_level(server, tmp_path):
+    out = tmp_path / "trace.json"
+    args = ["--server", f"127.0.0.1:{server.port}", "--encoder", "affine", "--concurrency", "1:2:x2"]
+    r = bench(*args, "--window-s", "0.2", "--max-windows", "1", "--profile", str(out), "--profile-ms", "400")
+    assert r.returncode == 0, r.stderr
+    assert f"wrote trace {out}: " in r.stdout
+    trace = json.loads(out.read_text())
+    assert trace["displayTimeUnit"] == "ms"
+    names = {e["name"] for e in trace["traceEvents"] if e["ph"] in ("X", "b")}
+    assert {"request", "batch", "forward", "serialize"} <= names
+    threads = {e["args"]["name"] for e in trace["traceEvents"] if e["ph"] == "M" and e["name"] == "thread_name"}
+    assert "encoder affine instance 0" in threads
+
+
 def test_latency_threshold_stops_the_sweep(server, tmp_path):
     out_json = tmp_path / "stop.json"
     args = ["--server", f"127.0.0.1:{server.port}", "--encoder", "affine", "--concurrency", "1:4:x2"]
@@ -153,6 +168,8 @@ def test_latency_threshold_stops_the_sweep(server, tmp_path):
         (["--concurrency", "2", "--rate", "10"], 2, "not both"),
         (["--rate", "fast"], 2, "--rate 'fast': expected"),
         (["--batch", "0"], 2, "--batch must be positive"),
+        (["--profile", "t.json", "--profile-ms", "0"], 2, "--profile-ms must be in [1, 60000]"),
+        (["--profile", "/nonexistent-folder/t.json"], 2, "does not exist"),
         (["--encoder", "nope"], 1, "encoder 'nope' is not served at"),
         (["--encoder", "tokens", "--vocab", "1000"], 1, "the probe request failed"),
     ],

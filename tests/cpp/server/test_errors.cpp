@@ -20,6 +20,7 @@ TEST(ServerErrors, EveryCodeHasItsStatusAndName) {
       {Code::kPayloadTooLarge, {413, "payload_too_large"}},
       {Code::kNotFound, {404, "not_found"}},
       {Code::kForbidden, {403, "forbidden"}},
+      {Code::kConflict, {409, "conflict"}},
       {Code::kOverloaded, {429, "overloaded"}},
       {Code::kNotReady, {503, "not_ready"}},
       {Code::kDeadlineExceeded, {504, "deadline_exceeded"}},
