@@ -49,7 +49,16 @@ import numpy as np
 import torch
 
 from jit_embedding import codec
-from jit_embedding.cli_common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, CommandError, Server
+from jit_embedding.cli_common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    CommandError,
+    Server,
+    call_factory,
+    first_line,
+    import_target,
+)
 from jit_embedding.client import CACHE_MODES, ClientError, EmbeddingClient
 
 #: Integer token inputs get random ids in [1, vocab); inputs whose name contains this are all ones.
@@ -134,6 +143,8 @@ def _check_args(args: argparse.Namespace) -> list[Server]:
         if value is not None and not (value > 0 and math.isfinite(value)):
             raise CommandError(f"{flag} must be positive, got {value:g}", EXIT_USAGE)
 
+    if bool(args.dataset) != bool(args.prep):
+        raise CommandError("--dataset and --prep go together", EXIT_USAGE)
     for flag, value in (
         ("--batch", args.batch),
         ("--seq-len", args.seq_len),
@@ -533,6 +544,58 @@ def write_plot(path: str, rows: list[dict], mode: str, encoder: str) -> bool:
 # The command
 
 
+def dataset_inputs(dataset_target: str, prep_target: str, spec: dict, batch: int) -> list[dict]:
+    """Request inputs from the user's own samples: ``prep(dataset[i])`` gives one sample's inputs
+    without a batch dimension (as a JITEmbeddingDataset field's prep does); ``batch`` consecutive
+    samples make a request, token inputs (a ``seq_dim`` in the spec) right-padded with their
+    pad_value to the longest. Up to INPUT_SETS requests' worth, cycled during the run."""
+    dataset = call_factory(dataset_target, "--dataset")
+    prep = import_target(prep_target, "--prep")
+    if not callable(prep):
+        raise CommandError(f"--prep '{prep_target}' is not callable", EXIT_USAGE)
+    try:
+        n = len(dataset)
+    except TypeError:
+        raise CommandError(
+            f"--dataset '{dataset_target}' has no len(): a map-style dataset is needed", EXIT_USAGE
+        ) from None
+    if n < batch:
+        raise CommandError(f"--dataset '{dataset_target}' has {n} samples, fewer than --batch {batch}", EXIT_USAGE)
+    seq = {t["name"]: (int(t["seq_dim"]), int(t.get("pad_value", 0))) for t in spec["inputs"] if t.get("seq_dim")}
+    sets = []
+    for start in range(0, min(n, batch * INPUT_SETS) - batch + 1, batch):
+        try:
+            samples = [
+                {k: torch.as_tensor(v) for k, v in prep(dataset[i]).items()} for i in range(start, start + batch)
+            ]
+        except Exception as e:
+            raise CommandError(
+                f"--prep on samples {start}..{start + batch - 1}: {type(e).__name__}: {first_line(e)}"
+            ) from None
+        inputs = {}
+        for name in samples[0]:
+            parts = [s[name].unsqueeze(0) for s in samples]
+            if name in seq:
+                dim, pad = seq[name]
+                longest = max(p.shape[dim] for p in parts)
+                padded = []
+                for p in parts:
+                    if p.shape[dim] < longest:
+                        shape = list(p.shape)
+                        shape[dim] = longest - p.shape[dim]
+                        p = torch.cat([p, torch.full(shape, pad, dtype=p.dtype)], dim=dim)
+                    padded.append(p)
+                parts = padded
+            try:
+                inputs[name] = torch.cat(parts)
+            except RuntimeError as e:
+                raise CommandError(
+                    f"--prep gives '{name}' of different shapes across samples: {first_line(e)}"
+                ) from None
+        sets.append(inputs)
+    return sets
+
+
 def _encoder_spec(servers: list[Server], encoder: str, timeout: float) -> dict:
     """The encoder's entry of GET /v1/encoders; every server must serve it."""
     spec = None
@@ -557,8 +620,11 @@ def run(args: argparse.Namespace) -> int:
     max_batch = int((spec.get("batching") or {}).get("max_batch_size") or 0)
     if max_batch and args.batch > max_batch:
         raise CommandError(f"--batch {args.batch} is above '{args.encoder}''s max_batch_size {max_batch}", EXIT_USAGE)
-    gen = torch.Generator().manual_seed(args.seed)
-    input_sets = [synthetic_inputs(spec, args.batch, args.seq_len, args.vocab, gen) for _ in range(INPUT_SETS)]
+    if args.dataset:
+        input_sets = dataset_inputs(args.dataset, args.prep, spec, args.batch)
+    else:
+        gen = torch.Generator().manual_seed(args.seed)
+        input_sets = [synthetic_inputs(spec, args.batch, args.seq_len, args.vocab, gen) for _ in range(INPUT_SETS)]
     workers = OPEN_LOOP_WORKERS if mode == "open" else max(16, int(max(levels)))
     client = EmbeddingClient(
         [s.endpoint for s in servers],
@@ -706,6 +772,14 @@ def add_parser(sub: Any) -> None:
         "--arrivals", choices=("constant", "poisson"), default="constant", help="open-loop spacing (default constant)"
     )
     p.add_argument("--batch", type=int, default=1, help="samples per request (default 1)")
+    p.add_argument(
+        "--dataset",
+        metavar="MODULE:FACTORY",
+        help="send the user's own samples instead of synthetic ones: a function returning a map-style dataset",
+    )
+    p.add_argument(
+        "--prep", metavar="MODULE:FN", help="with --dataset: sample -> the encoder's inputs for that one sample"
+    )
     p.add_argument("--seq-len", type=int, default=128, help="length of the other dynamic dims (default 128)")
     p.add_argument("--vocab", type=int, default=1000, help="integer token ids are drawn from [1, vocab) (default 1000)")
     p.add_argument("--window-s", type=float, default=2.0, help="seconds per measurement window (default 2)")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import collections
 import hashlib
-import importlib
 import json
 import os
 import signal
@@ -21,45 +20,16 @@ from jit_embedding.cli_common import (
     EXIT_USAGE,
     CommandError,
     Server,
+    call_factory,
+    first_line,
     hit_rate_text,
+    import_target,
     parse_servers,
     positive_arg,
 )
 
 #: State file format written by ``warm`` (bumped when the meaning of a key changes).
 STATE_FORMAT = 1
-
-
-def _import(target: str, flag: str) -> Any:
-    """``module:attribute``, importable from the current folder as well as sys.path."""
-    mod_name, _, attr = target.partition(":")
-    if not mod_name or not attr:
-        raise CommandError(f"{flag} must be module:function, got '{target}'", EXIT_USAGE)
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())  # as `python -m` would: the user's own modules next to their data
-    try:
-        obj = importlib.import_module(mod_name)
-    except Exception as e:  # the module's own import errors, too
-        raise CommandError(f"{flag} '{target}': cannot import {mod_name}: {type(e).__name__}: {e}", EXIT_USAGE) from e
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise CommandError(f"{flag} '{target}': {mod_name} has no attribute '{attr}'", EXIT_USAGE)
-        obj = getattr(obj, part)
-    return obj
-
-
-def _call_factory(target: str, flag: str) -> Any:
-    factory = _import(target, flag)
-    if not callable(factory):
-        raise CommandError(f"{flag} '{target}' is not callable", EXIT_USAGE)
-    try:
-        return factory()
-    except Exception as e:
-        raise CommandError(f"{flag} '{target}' failed: {type(e).__name__}: {_first_line(e)}") from e
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [""])[0]
 
 
 def default_state_path(dataset: str, fields: str, servers: list[Server]) -> Path:
@@ -141,24 +111,24 @@ def _cmd_warm(args: argparse.Namespace) -> int:
         positive_arg("--limit", args.limit, allow_zero=True)
     servers = parse_servers(args.server)
 
-    dataset = _call_factory(args.dataset, "--dataset")
+    dataset = call_factory(args.dataset, "--dataset")
     if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
         raise CommandError(
             f"--dataset '{args.dataset}' returned a {type(dataset).__name__}, not a map-style dataset (len and [i])",
             EXIT_USAGE,
         )
-    fields = _call_factory(args.fields, "--fields")
+    fields = call_factory(args.fields, "--fields")
     if not isinstance(fields, dict) or not fields:
         raise CommandError(
             f"--fields '{args.fields}' must return a non-empty dict {{name: (encoder, prep)}},"
             f" got {type(fields).__name__}",
             EXIT_USAGE,
         )
-    sample_key = _import(args.sample_key, "--sample-key") if args.sample_key else None
+    sample_key = import_target(args.sample_key, "--sample-key") if args.sample_key else None
     try:
         size = len(dataset)
     except Exception as e:
-        raise CommandError(f"--dataset '{args.dataset}': len() failed: {type(e).__name__}: {_first_line(e)}") from e
+        raise CommandError(f"--dataset '{args.dataset}': len() failed: {type(e).__name__}: {first_line(e)}") from e
     total = size if args.limit is None else min(size, args.limit)
 
     from jit_embedding.client import ClientError, EmbeddingClient
@@ -327,7 +297,7 @@ class _WarmRun:
             try:
                 samples.append(self.dataset[i])
             except Exception as e:
-                raise CommandError(f"dataset[{i}]: {type(e).__name__}: {_first_line(e)}") from e
+                raise CommandError(f"dataset[{i}]: {type(e).__name__}: {first_line(e)}") from e
         return samples
 
     def loop(self, tick: Callable[[], None]) -> None:
@@ -351,11 +321,11 @@ class _WarmRun:
                     failed = e
                     break
                 except ClientError as e:
-                    failed = CommandError(_first_line(e))
+                    failed = CommandError(first_line(e))
                     failed.__cause__ = e
                     break
                 except Exception as e:  # the prep functions or sample_key, on one of these samples
-                    failed = CommandError(f"samples {lo}..{hi - 1}: {type(e).__name__}: {_first_line(e)}")
+                    failed = CommandError(f"samples {lo}..{hi - 1}: {type(e).__name__}: {first_line(e)}")
                     failed.__cause__ = e
                     break
                 inflight.append((lo, hi, pending))
@@ -380,7 +350,7 @@ class _WarmRun:
                 complete = self._collect(pending, answers)
             except ClientError as e:
                 self.abandoned = len(inflight)
-                raise CommandError(f"samples {lo}..{hi - 1}: {_first_line(e)}") from e
+                raise CommandError(f"samples {lo}..{hi - 1}: {first_line(e)}") from e
             if complete:
                 for meta in answers.values():
                     for source in meta["sources"]:

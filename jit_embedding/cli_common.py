@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import http.client
+import importlib
 import json
 import math
+import os
 import re
 import socket
+import sys
 from typing import Any
 
 #: Exit statuses.
@@ -161,3 +164,39 @@ def text_table(header: list[str], rows: list[list[str]], left: int = 1) -> list[
         return "  ".join(out).rstrip()
 
     return [line(header), *(line(r) for r in rows)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The user's own code, named as module:attribute
+
+
+def import_target(target: str, flag: str) -> Any:
+    """``module:attribute``, importable from the current folder as well as sys.path."""
+    mod_name, _, attr = target.partition(":")
+    if not mod_name or not attr:
+        raise CommandError(f"{flag} must be module:function, got '{target}'", EXIT_USAGE)
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` would: the user's own modules next to their data
+    try:
+        obj = importlib.import_module(mod_name)
+    except Exception as e:  # the module's own import errors, too
+        raise CommandError(f"{flag} '{target}': cannot import {mod_name}: {type(e).__name__}: {e}", EXIT_USAGE) from e
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise CommandError(f"{flag} '{target}': {mod_name} has no attribute '{attr}'", EXIT_USAGE)
+        obj = getattr(obj, part)
+    return obj
+
+
+def call_factory(target: str, flag: str) -> Any:
+    factory = import_target(target, flag)
+    if not callable(factory):
+        raise CommandError(f"{flag} '{target}' is not callable", EXIT_USAGE)
+    try:
+        return factory()
+    except Exception as e:
+        raise CommandError(f"{flag} '{target}' failed: {type(e).__name__}: {first_line(e)}") from e
+
+
+def first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0]

@@ -108,6 +108,22 @@ def test_closed_loop_sweep_writes_csv_and_json(server, tmp_path):
         assert p == sorted(p) and float(row["requests_per_s"]) > 0
 
 
+def test_samples_from_a_users_dataset(server, tmp_path):
+    # cache_fixtures.small: 40 token samples of 2 to 6 ids, prepped as a JITEmbeddingDataset field is.
+    out_json = tmp_path / "bench.json"
+    args = ["--server", f"127.0.0.1:{server.port}", "--encoder", "tokens", "--batch", "4", "--concurrency", "2"]
+    r = bench(
+        *args, "--dataset", "cache_fixtures:small", "--prep", "cache_fixtures:prep_ids", *FAST, "--json", str(out_json)
+    )
+    assert r.returncode == 0, r.stderr
+    report = json.loads(out_json.read_text())
+    shape = report["inputs"]["ids"]["shape"]
+    assert shape[0] == 4 and 2 <= shape[1] <= 6  # four samples, padded to the longest of them
+    check_row(report["rows"][0])
+    r = bench(*args, "--dataset", "cache_fixtures:small", *FAST)
+    assert r.returncode == 2 and "--dataset and --prep go together" in r.stderr
+
+
 def test_open_loop_poisson(server, tmp_path):
     out_json = tmp_path / "rate.json"
     r = bench(
