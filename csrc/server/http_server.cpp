@@ -16,6 +16,7 @@
 #include <utility>
 
 #include "common/trace.h"
+#include "server/body_reader.h"
 #include "server/errors.h"
 
 namespace jit::server {
@@ -31,7 +32,6 @@ constexpr const char *kEncodersPrefix = "/v1/encoders/";
 constexpr const char *kFrameType = "application/x-jit-embedding-frame";
 // A load request is a small JSON object; anything near this size is a mistake or an attack.
 constexpr size_t kMaxLoadBodyBytes = size_t{1} << 20;
-constexpr size_t kBodyAlign = 64; // the codec's payload alignment, so aliased tensors stay aligned
 // GET /v1/trace: duration_ms bounds and default.
 constexpr long kTraceMinMs = 1;
 constexpr long kTraceMaxMs = 60000;
@@ -58,120 +58,6 @@ Code code_for_httplib_status(int status) {
   case 404: return Code::kNotFound;
   default: return status >= 500 ? Code::kInternal : Code::kBadRequest;
   }
-}
-
-std::string httplib_error_message(int status, const httplib::Request &req, size_t max_body_bytes) {
-  switch (status) {
-  case 413: return "payload too large: the body exceeds max_body_bytes (" + std::to_string(max_body_bytes) + ")";
-  case 404: return "not found: no route for " + req.method + " " + req.path;
-  case 414: return "bad request: the request URI is too long";
-  default: return "bad request: malformed HTTP request (status " + std::to_string(status) + " from the HTTP layer)";
-  }
-}
-
-// A growable, 64-byte-aligned byte buffer: one per handler thread, reused across requests, so a
-// large body costs one copy from the socket and no reallocation once its Content-Length is known.
-class BodyBuffer {
-public:
-  const uint8_t *data() const { return data_.get(); }
-  size_t size() const { return size_; }
-  size_t capacity() const { return capacity_; }
-  void clear() { size_ = 0; }
-
-  // Makes room for `n` bytes in all, keeping the contents. Throws std::bad_alloc.
-  void reserve(size_t n) {
-    if (n <= capacity_) return;
-    const size_t cap = (n + kBodyAlign - 1) / kBodyAlign * kBodyAlign;
-    Bytes fresh(static_cast<uint8_t *>(std::aligned_alloc(kBodyAlign, cap)));
-    if (!fresh) throw std::bad_alloc();
-    if (size_ > 0) std::memcpy(fresh.get(), data_.get(), size_);
-    data_ = std::move(fresh);
-    capacity_ = cap;
-  }
-
-  // Appends n bytes, doubling the capacity when it runs out (bodies without a Content-Length).
-  void append(const char *p, size_t n) {
-    if (size_ + n > capacity_) reserve(std::max(size_ + n, std::max<size_t>(capacity_ * 2, 64 << 10)));
-    std::memcpy(data_.get() + size_, p, n);
-    size_ += n;
-  }
-
-  // Frees the memory if it is larger than `keep` bytes.
-  void trim(size_t keep) {
-    size_ = 0;
-    if (capacity_ > keep) {
-      data_.reset();
-      capacity_ = 0;
-    }
-  }
-
-private:
-  struct Free {
-    void operator()(uint8_t *p) const { std::free(p); }
-  };
-  using Bytes = std::unique_ptr<uint8_t[], Free>;
-  Bytes data_;
-  size_t size_ = 0;
-  size_t capacity_ = 0;
-};
-
-BodyBuffer &thread_body_buffer() {
-  // httplib's pool threads live as long as the server, so the buffer is reused across requests.
-  thread_local BodyBuffer buffer;
-  return buffer;
-}
-
-// Reads the whole request body through httplib's content reader: into `buf` when given,
-// otherwise discarding it (a request refused before its body matters must still consume it, or
-// the next request on the keep-alive connection would start inside it). Throws ServerError:
-// 413 over max_body_bytes, 400 when the body cannot be read. When a failure leaves unread bytes
-// on the connection, the response asks the client to close it.
-void read_body(const httplib::Request &req, httplib::Response &res, const httplib::ContentReader &reader,
-               size_t max_body_bytes, BodyBuffer *buf) {
-  // httplib would feed a multipart body to a multipart receiver we do not have (a 500); the
-  // frame is the body itself, so refuse it as the client's mistake.
-  if (req.get_header_value("Content-Type").rfind("multipart/form-data", 0) == 0) {
-    res.set_header("Connection", "close"); // its body is left unread
-    throw ServerError(Code::kBadRequest, "bad request: multipart/form-data bodies are not accepted; send the "
-                                         "frame (or JSON) as the raw request body");
-  }
-  size_t received = 0;
-  bool over = false;
-  bool read_ok = false;
-  try {
-    if (buf != nullptr) {
-      buf->clear();
-      const std::string length = req.get_header_value("Content-Length");
-      char *end = nullptr;
-      const unsigned long long declared = std::strtoull(length.c_str(), &end, 10);
-      // Over the limit, httplib refuses the body itself (below): reserving it would be wasted.
-      if (!length.empty() && *end == '\0' && declared <= max_body_bytes) buf->reserve(declared);
-    }
-    read_ok = reader([&](const char *data, size_t n) {
-      // httplib checks a declared Content-Length; this bounds chunked and decompressed bodies too.
-      if (n > max_body_bytes - received) {
-        over = true;
-        return false;
-      }
-      received += n;
-      if (buf != nullptr) buf->append(data, n);
-      return true;
-    });
-  } catch (...) {
-    // Out of memory, most likely: the rest of the body is still on the connection.
-    res.set_header("Connection", "close");
-    throw;
-  }
-  if (read_ok) return;
-  // httplib skips (reads) a body whose Content-Length is over the limit and marks it 413; every
-  // other failure leaves bytes unread.
-  if (!over && res.status == 413) {
-    throw ServerError(Code::kPayloadTooLarge, httplib_error_message(413, req, max_body_bytes));
-  }
-  res.set_header("Connection", "close");
-  if (over) throw ServerError(Code::kPayloadTooLarge, httplib_error_message(413, req, max_body_bytes));
-  throw ServerError(Code::kBadRequest, "bad request: the request body could not be read (a timeout, a "
-                                       "disconnect, or malformed chunked encoding)");
 }
 
 } // namespace
@@ -374,7 +260,7 @@ void HttpServer::install_routes() {
           }
           InFlight in_flight(this, in_flight_gauge);
           if (!in_flight.entered) {
-            read_body(req, res, reader, settings_.max_body_bytes, nullptr);
+            read_body(req, res, reader, settings_.max_body_bytes, nullptr, settings_.read_timeout);
             throw ServerError(Code::kNotReady, "not ready: draining, not accepting new requests");
           }
           BodyBuffer &body = thread_body_buffer();
@@ -383,7 +269,7 @@ void HttpServer::install_routes() {
             size_t keep;
             ~Trim() { body.trim(keep); }
           } trim_on_exit{body, settings_.retain_body_bytes};
-          read_body(req, res, reader, settings_.max_body_bytes, &body);
+          read_body(req, res, reader, settings_.max_body_bytes, &body, settings_.read_timeout);
 
           const auto deadline = parse_deadline_ms(req.get_header_value("X-Deadline-Ms"));
           const auto now = std::chrono::system_clock::now();
@@ -447,7 +333,7 @@ void HttpServer::install_routes() {
     run_guarded(res, [&] {
       InFlight in_flight(this, in_flight_gauge);
       BodyBuffer body;
-      read_body(req, res, reader, kMaxLoadBodyBytes, in_flight.entered ? &body : nullptr);
+      read_body(req, res, reader, kMaxLoadBodyBytes, in_flight.entered ? &body : nullptr, settings_.read_timeout);
       if (!in_flight.entered) throw ServerError(Code::kNotReady, "not ready: draining, not pruning");
       if (!hooks_.cache_prune) throw ServerError(Code::kNotFound, "not found: this server has no cache");
       const std::string text =
@@ -463,7 +349,7 @@ void HttpServer::install_routes() {
     run_guarded(res, [&] {
       InFlight in_flight(this, in_flight_gauge);
       BodyBuffer body;
-      read_body(req, res, reader, kMaxLoadBodyBytes, in_flight.entered ? &body : nullptr);
+      read_body(req, res, reader, kMaxLoadBodyBytes, in_flight.entered ? &body : nullptr, settings_.read_timeout);
       if (!in_flight.entered) throw ServerError(Code::kNotReady, "not ready: draining, not loading encoders");
       if (!hooks_.load_encoder) throw ServerError(Code::kNotFound, "not found: this server does not load encoders");
       const std::string text =

@@ -268,3 +268,51 @@ def test_listen_backlog_is_raised_past_httplibs_five(tmp_path):
     finally:
         proc.terminate()
         assert proc.wait(timeout=TIMEOUT_S) == 0
+
+
+def _post_raw(sock, path: str, body: bytes, pieces: int = 1, pause_s: float = 0.0) -> None:
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    sock.sendall(head)
+    step = -(-len(body) // pieces)
+    for i in range(0, len(body), step):
+        sock.sendall(body[i : i + step])
+        time.sleep(pause_s)
+
+
+def _read_response(f) -> tuple[int, bytes]:
+    status = int(f.readline().split()[1])
+    length = 0
+    while (line := f.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode().partition(":")
+        if name.lower() == "content-length":
+            length = int(value)
+    return status, f.read(length)
+
+
+def test_large_bodies_in_pieces_on_one_keep_alive_connection(tmp_path):
+    # Bodies of 1 MiB and more are read straight from the socket after httplib's first piece: the
+    # pieces arrive with pauses between them, and the next request on the connection must start
+    # exactly where the body ended.
+    import socket
+
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} is not built (run `make build`)")
+    proc, port = start_server(tmp_path, "--max-body-bytes", str(8 << 20))
+    server = Server(proc, port)
+    big = codec.encode({"x": torch.arange(600_000, dtype=torch.float32).reshape(2, -1)})
+    assert len(big) > (1 << 20)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT_S) as sock:
+        f = sock.makefile("rb")
+        for pieces in (1, 7):
+            _post_raw(sock, "/v1/encode/nope", big, pieces=pieces, pause_s=0.02)
+            status, body = _read_response(f)
+            assert status == 404 and "'nope'" in json.loads(body)["error"]  # decoded whole, then routed
+        _post_raw(sock, "/v1/encode/nope", valid_frame())
+        assert _read_response(f)[0] == 404
+    # A client that leaves mid-body costs the server nothing.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT_S) as sock:
+        sock.sendall(f"POST /v1/encode/nope HTTP/1.1\r\nHost: x\r\nContent-Length: {len(big)}\r\n\r\n".encode())
+        sock.sendall(big[: len(big) // 2])
+    server.assert_healthy()
+    proc.kill()
+    proc.wait(timeout=TIMEOUT_S)
