@@ -102,7 +102,14 @@ FIELDS = [
     "client_encode_ms",
     "client_network_server_ms",
     "client_decode_ms",
+    "metrics_batches",
+    "metrics_batch_size",
+    "metrics_compute_ms_per_batch",
+    "metrics_queue_ms",
 ]
+
+#: The histograms read from every server's /metrics before and after a level, for the encoder.
+METRIC_SERIES = ("jit_batch_size", "jit_compute_seconds", "jit_queue_seconds")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -398,11 +405,38 @@ def _stable(rates: list[float], stability: float) -> bool:
     return mean > 0 and all(abs(r - mean) <= stability * mean for r in last)
 
 
-def measure(load: _Load, client: EmbeddingClient, args: argparse.Namespace) -> dict:
+def scrape(servers: list[Server], encoder: str, timeout: float) -> dict[str, float]:
+    """Sums over the servers of each METRIC_SERIES histogram's _sum and _count for ``encoder``."""
+    totals = {f"{name}_{part}": 0.0 for name in METRIC_SERIES for part in ("sum", "count")}
+    label = f'encoder="{encoder}"'
+    for s in servers:
+        for line in s.request_text("/metrics", timeout).splitlines():
+            name, _, rest = line.partition("{")
+            if name in totals and label in rest:
+                totals[name] += float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def metrics_row(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
+    """The server-side view of a level from /metrics deltas: batches run, their mean size, compute
+    time per batch, and the mean queue wait per request."""
+    d = {k: after[k] - before[k] for k in before}
+    batches = d["jit_batch_size_count"]
+    queued = d["jit_queue_seconds_count"]
+    return {
+        "metrics_batches": batches,
+        "metrics_batch_size": d["jit_batch_size_sum"] / batches if batches else None,
+        "metrics_compute_ms_per_batch": 1e3 * d["jit_compute_seconds_sum"] / batches if batches else None,
+        "metrics_queue_ms": 1e3 * d["jit_queue_seconds_sum"] / queued if queued else None,
+    }
+
+
+def measure(load: _Load, client: EmbeddingClient, args: argparse.Namespace, servers: list[Server]) -> dict:
     """Runs the warm-up window and the measurement windows on a started load; returns the level's row
-    (without its concurrency/rate)."""
+    (without its concurrency/rate), with the servers' /metrics over the measured windows."""
     time.sleep(args.window_s)  # warm-up: connections, the server's first batches
     load.recorder.take()
+    before = scrape(servers, args.encoder, args.timeout)
     windows = []  # (records, seconds, bytes)
     rates: list[float] = []
     b0, t0 = _bytes(client), time.perf_counter()
@@ -415,7 +449,9 @@ def measure(load: _Load, client: EmbeddingClient, args: argparse.Namespace) -> d
         b0, t0 = b1, t1
         if _stable(rates, args.stability):
             break
-    return summarize(windows[-STABLE_WINDOWS:], len(windows), _stable(rates, args.stability), args.batch)
+    row = summarize(windows[-STABLE_WINDOWS:], len(windows), _stable(rates, args.stability), args.batch)
+    row.update(metrics_row(before, scrape(servers, args.encoder, args.timeout)))
+    return row
 
 
 def summarize(windows: list, n_windows: int, stable: bool, batch: int) -> dict:
@@ -499,6 +535,23 @@ def format_rows(rows: list[dict], mode: str) -> str:
                     "client_encode_ms",
                     "client_network_server_ms",
                     "client_decode_ms",
+                )
+            ]
+            for r in rows
+        ],
+    )
+    lines += ["", "server /metrics over the measured windows (all servers)"]
+    lines += _table(
+        [level, "batches", "batch size", "compute ms/batch", "queue ms"],
+        [
+            [_fmt(r[key], 1 if mode == "open" else 0)]
+            + [
+                _fmt(r.get(k), d)
+                for k, d in (
+                    ("metrics_batches", 0),
+                    ("metrics_batch_size", 2),
+                    ("metrics_compute_ms_per_batch", 2),
+                    ("metrics_queue_ms", 2),
                 )
             ]
             for r in rows
@@ -666,7 +719,7 @@ def run(args: argparse.Namespace) -> int:
                 profiler = _Profiler(servers[0], args.profile_ms, args.window_s, args.timeout)
                 profiling = True
             try:
-                measured = measure(load, client, args)
+                measured = measure(load, client, args, servers)
             finally:
                 if profiling:
                     profiling = False

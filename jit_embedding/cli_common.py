@@ -139,6 +139,26 @@ class Server:
             raise CommandError(f"{self.url}{path}: the answer is not JSON")
         return parsed
 
+    def request_text(self, path: str, timeout: float = 60.0) -> str:
+        """GET ``path`` on a fresh connection; the text of a 200 (a /metrics scrape, say).
+
+        Raises:
+            CommandError: the server is unreachable or slow, or answers another status.
+        """
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            status, answer = resp.status, resp.read()
+        except (OSError, http.client.HTTPException) as e:
+            why = getattr(e, "strerror", None) or str(e) or type(e).__name__
+            raise CommandError(f"cannot reach {self.url}{path}: {why}") from None
+        finally:
+            conn.close()
+        if status != 200:
+            raise CommandError(f"{self.url}{path}: HTTP {status}")
+        return answer.decode(errors="replace")
+
 
 def parse_servers(urls: list[str]) -> list[Server]:
     servers, seen = [], set()

@@ -64,6 +64,9 @@ def check_row(row: dict) -> None:
         assert row[key] >= 0, key
     assert row["server_batch_size"] >= 1
     assert 1 <= row["windows"] <= 3 and isinstance(row["stable"], bool)
+    # The servers' own view, from /metrics deltas over the level: batches ran while it was measured.
+    assert row["metrics_batches"] > 0 and row["metrics_batch_size"] >= 1
+    assert row["metrics_compute_ms_per_batch"] > 0 and row["metrics_queue_ms"] >= 0
 
 
 def test_closed_loop_sweep_writes_csv_and_json(server, tmp_path):
