@@ -27,7 +27,6 @@ benchmarks/server.py's, imported as a module.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shlex
 import sys
@@ -35,29 +34,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from bench_modules import load_module  # benchmarks/, the script's folder, is on sys.path
 
 from jit_embedding import codec
 
 GOAL_RATIO = 0.5  # POST /v1/encode GB/s / raw TCP GB/s
 
 
-def _load_module(name: str, path: Path) -> Any:
-    """A file as a module, registered in sys.modules."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
-
-
 # benchmarks/server.py's helpers: finding the binaries, exporting, starting our server, running jit-loadgen.
-bench_server = _load_module("jit_bench_server", Path(__file__).with_name("server.py"))
+bench_server = load_module("jit_bench_server", Path(__file__).with_name("server.py"))
 MIB = bench_server.MIB
 BENCH_DIR = bench_server.BENCH_DIR
 

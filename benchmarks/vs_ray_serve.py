@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
-import importlib.util
 import io
 import json
 import logging
@@ -40,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from bench_modules import load_module  # benchmarks/, the script's folder, is on sys.path
 
 from jit_embedding import codec
 
@@ -53,23 +53,8 @@ GOAL_P99_FRACTION = 1 / 3
 GOAL_MIN_CONCURRENCY = 8
 
 
-def _load_module(name: str, path: Path) -> Any:
-    """A file as a module, registered in sys.modules (so that its classes pickle)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
-
-
 # benchmarks/server.py's helpers: finding the binaries, starting our server, running jit-loadgen.
-bench_server = _load_module("jit_bench_server", Path(__file__).with_name("server.py"))
+bench_server = load_module("jit_bench_server", Path(__file__).with_name("server.py"))
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -79,7 +64,7 @@ def encoder_artifact(name: str) -> Path:
     if found:
         return max(found, key=lambda p: p.stat().st_mtime).parent
     print("  exporting the demo's encoders (first run only) ...", flush=True)
-    demo = _load_module(DEMO_MODULE, DEMO_PATH)
+    demo = load_module(DEMO_MODULE, DEMO_PATH)
     return demo.prepare_encoders(DEMO_IMAGE_SIZE, "aoti")[name]
 
 
