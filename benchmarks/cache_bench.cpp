@@ -63,6 +63,8 @@
 // Everything lives in a fresh directory created under --dir (default: the system temp dir) and
 // removed at exit. Exit status: 0, or 2 for bad arguments or a failed measurement (a miss where a hit
 // was expected, an I/O error), with the reason on stderr.
+#include "bench_json.h"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -212,47 +214,7 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-// A JSON object written field by field; keys and string values here need no escaping beyond quotes
-// and backslashes (tier names, paths, error messages).
-class Json {
-public:
-  Json &num(const std::string &key, double v) {
-    char buf[64];
-    if (std::isfinite(v) && v == std::floor(v) && std::fabs(v) < 1e15)
-      std::snprintf(buf, sizeof buf, "%.0f", v);
-    else
-      std::snprintf(buf, sizeof buf, "%.6g", std::isfinite(v) ? v : 0.0);
-    return raw(key, buf);
-  }
-  Json &str(const std::string &key, const std::string &v) { return raw(key, quote(v)); }
-  Json &boolean(const std::string &key, bool v) { return raw(key, v ? "true" : "false"); }
-  Json &ints(const std::string &key, const std::vector<int64_t> &v) {
-    std::string s = "[";
-    for (size_t i = 0; i < v.size(); ++i)
-      s += (i ? ", " : "") + std::to_string(v[i]);
-    return raw(key, s + "]");
-  }
-  // Prints the object as one line on stdout, flushed, so a caller reading lines sees it at once.
-  void print() const {
-    std::printf("{%s}\n", out_.c_str());
-    std::fflush(stdout);
-  }
-
-private:
-  static std::string quote(const std::string &s) {
-    std::string q = "\"";
-    for (char c : s) {
-      if (c == '"' || c == '\\') q += '\\';
-      q += (static_cast<unsigned char>(c) < 0x20) ? ' ' : c;
-    }
-    return q + "\"";
-  }
-  Json &raw(const std::string &key, const std::string &v) {
-    out_ += (out_.empty() ? "" : ", ") + quote(key) + ": " + v;
-    return *this;
-  }
-  std::string out_;
-};
+using jit::bench::Json;
 
 // ------------------------------------------------------------------------------------------ files
 // A fresh directory under `parent` (created if missing), removed with the object.

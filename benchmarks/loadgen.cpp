@@ -30,6 +30,8 @@
 // --warmup should cover that ramp. Bytes sent/received count bodies only, not HTTP headers.
 // cpp-httplib's client has no per-connection request limit, so connections live until the server
 // closes them (its keep_alive_max_count); "connections" reports how many were opened.
+#include "bench_json.h"
+
 #include <httplib.h>
 
 #include <arpa/inet.h>
@@ -209,42 +211,7 @@ double seconds_between(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
 
-// A JSON object written field by field; keys and string values here never need escaping beyond
-// quotes and backslashes (URLs, status names).
-class Json {
-public:
-  Json &num(const std::string &key, double v) {
-    char buf[64];
-    if (std::isfinite(v) && v == std::floor(v) && std::fabs(v) < 1e15)
-      std::snprintf(buf, sizeof buf, "%.0f", v);
-    else
-      std::snprintf(buf, sizeof buf, "%.6g", std::isfinite(v) ? v : 0.0);
-    return raw(key, buf);
-  }
-  Json &str(const std::string &key, const std::string &v) { return raw(key, quote(v)); }
-  Json &counts(const std::string &key, const std::map<std::string, uint64_t> &m) {
-    std::string s = "{";
-    for (const auto &[k, n] : m)
-      s += (s.size() > 1 ? ", " : "") + quote(k) + ": " + std::to_string(n);
-    return raw(key, s + "}");
-  }
-  std::string done() const { return "{" + out_ + "}"; }
-
-private:
-  static std::string quote(const std::string &s) {
-    std::string q = "\"";
-    for (char c : s) {
-      if (c == '"' || c == '\\') q += '\\';
-      q += (static_cast<unsigned char>(c) < 0x20) ? ' ' : c;
-    }
-    return q + "\"";
-  }
-  Json &raw(const std::string &key, const std::string &v) {
-    out_ += (out_.empty() ? "" : ", ") + quote(key) + ": " + v;
-    return *this;
-  }
-  std::string out_;
-};
+using jit::bench::Json;
 
 // ------------------------------------------------------------------------------------------ HTTP
 // One client per connection. cpp-httplib reconnects by itself after the server closes a
