@@ -66,11 +66,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from bench_modules import load_module  # benchmarks/, the script's folder, is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = ROOT / "build" / "bench"
@@ -91,7 +92,6 @@ DEMO_PATH = ROOT / "examples" / "train_text_to_image.py"
 DEMO_MODULE = "train_text_to_image"
 DEMO_IMAGE_SIZE = 32  # the demo's --image-size
 SERVER_QUEUE_DELAY_US = 2000  # the demo's --queue-delay-us
-SERVER_READY_TIMEOUT_S = 120.0
 LOCAL_VERSION_TTL_S = 600.0  # part c's local cache: the version confirmation outlasts every pass
 EPOCH_SEED = 0
 
@@ -297,19 +297,7 @@ def report_b(b: dict[str, Any]) -> None:
 # most 12 tokens), exported by the demo's own prepare_encoders() into build/demo/artifacts/ when missing.
 def load_demo() -> Any:
     """examples/train_text_to_image.py as a module, registered in sys.modules so that its classes pickle."""
-    if DEMO_MODULE in sys.modules:
-        return sys.modules[DEMO_MODULE]
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(DEMO_MODULE, DEMO_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[DEMO_MODULE] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[DEMO_MODULE]
-        raise
-    return module
+    return load_module(DEMO_MODULE, DEMO_PATH)
 
 
 @dataclass
@@ -334,100 +322,32 @@ def demo_encoders(ctx: Context) -> Demo:
     return ctx.demo
 
 
-class EmbeddingServer:
-    """jit-embedding-server --config on the demo's encoders with the given `cache:` section, on a free loopback port
-    (--port 0 --port-file), as a context manager. Stopped with SIGTERM (it drains and must exit 0), and by the
-    kernel if this process dies first."""
+@contextlib.contextmanager
+def embedding_server(ctx: Context, demo: Demo, cache: dict[str, Any], name: str, threads: int) -> Iterator[Any]:
+    """The demo's jit-embedding-server (its EmbeddingServer) on its encoders with the given `cache:` section, on a
+    free loopback port; stopped with SIGTERM, after which it must have drained and exited 0, and by the kernel if
+    this process dies first."""
+    server = demo.module.EmbeddingServer(
+        demo.artifacts,
+        ctx.workdir / f"server-{name}",
+        threads,
+        SERVER_QUEUE_DELAY_US,
+        cache,
+        binary=ctx.server_bin,
+        preexec=die_with_parent,
+    )
+    with server:
+        yield server
+    if server.exit_code != 0:
+        raise RuntimeError(
+            f"{ctx.server_bin.name} exited with {server.exit_code} after SIGTERM (log: {server.workdir})"
+        )
 
-    def __init__(self, ctx: Context, demo: Demo, cache: dict[str, Any], name: str, threads: int):
-        self.binary = ctx.server_bin
-        self.workdir = ctx.workdir / f"server-{name}"
-        self.log_path = self.workdir / "server.log"
-        encoders = [
-            {
-                "name": encoder,
-                "artifact": str(folder),
-                "max_batch_size": demo.module.EXPORT_MAX_BATCH,
-                "max_queue_delay_us": SERVER_QUEUE_DELAY_US,
-                "max_queue_size": 4096,
-                "intra_op_threads": threads,
-            }
-            for encoder, folder in demo.artifacts.items()
-        ]
-        self.config = {"server": {"threads": 64}, "cache": cache, "encoders": encoders}
-        self.port = 0
-        self.exit_code: int | None = None
-        self.proc: subprocess.Popen | None = None
 
-    def __enter__(self) -> EmbeddingServer:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        cfg, port_file = self.workdir / "server.yaml", self.workdir / "port"
-        cfg.write_text(json.dumps(self.config, indent=2))  # JSON is YAML
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
-        cmd = [str(self.binary), "--config", str(cfg), "--port", "0", "--port-file", str(port_file)]
-        t0 = time.monotonic()
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
-        try:
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"{self.binary.name} exited with {self.proc.returncode}: {self._tail()}")
-                if time.monotonic() - t0 > SERVER_READY_TIMEOUT_S:
-                    raise RuntimeError(
-                        f"{self.binary.name} not ready in {SERVER_READY_TIMEOUT_S:.0f} s: {self._tail()}"
-                    )
-                text = port_file.read_text().strip() if port_file.is_file() else ""
-                if text.isdigit():
-                    self.port = int(text)
-                    with contextlib.suppress(OSError), self._get("/health/ready") as r:
-                        if r.status == 200:
-                            break
-                time.sleep(0.05)
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, exc_type: Any, *_: Any) -> None:
-        code = self.stop()
-        if code != 0 and exc_type is None:
-            raise RuntimeError(f"{self.binary.name} exited with {code} after SIGTERM (log: {self.log_path})")
-
-    @property
-    def endpoint(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def _get(self, path: str) -> Any:
-        return urllib.request.urlopen(f"http://{self.endpoint}{path}", timeout=10)
-
-    def tier_hits(self) -> dict[str, int]:
-        """Hits so far per cache tier (GET /v1/cache/stats), plus the writes the tiers' queue dropped."""
-        with self._get("/v1/cache/stats") as r:
-            stats = json.loads(r.read())
-        return {**{t["tier"]: t["hits"] for t in stats["tiers"]}, "dropped_writes": stats["dropped_writes"]}
-
-    def cpu_seconds(self) -> float:
-        """The server process's user + system CPU time so far (Linux /proc; 0 elsewhere)."""
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, IndexError, ValueError, AttributeError):
-            return 0.0
-
-    def stop(self) -> int | None:
-        if self.proc is None or self.exit_code is not None:
-            return self.exit_code
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.exit_code = self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.exit_code = self.proc.wait()
-        self._log.close()
-        return self.exit_code
-
-    def _tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-2000:]
+def tier_hits(server: Any) -> dict[str, int]:
+    """Hits so far per cache tier (GET /v1/cache/stats), plus the writes the tiers' queue dropped."""
+    stats = server.cache_stats()
+    return {**{t["tier"]: t["hits"] for t in stats["tiers"]}, "dropped_writes": stats["dropped_writes"]}
 
 
 def make_client(endpoint: str, **options: Any) -> Any:
@@ -575,14 +495,14 @@ def part_c(ctx: Context) -> dict[str, Any]:
     passes: dict[str, dict[str, list[Pass]]] = {e: collections.defaultdict(list) for e in ENCODERS}
     reference: dict[str, list[dict[str, Any]]] = {}  # the cold pass's outputs
 
-    def measure(label: str, client: Any, cache: str, server: EmbeddingServer) -> None:
+    def measure(label: str, client: Any, cache: str, server: Any) -> None:
         """One pass per encoder, recorded under `label`; a hit pass's outputs are checked against the cold pass's,
         then dropped."""
         for encoder in ENCODERS:
             gc.collect()  # no collection of the last pass's garbage inside this one
-            before = server.tier_hits()
+            before = tier_hits(server)
             done = client_pass(client, encoder, inputs[encoder], ctx.batch, ctx.in_flight, cache)
-            after = server.tier_hits()
+            after = tier_hits(server)
             done.tier_hits = {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
             if label == "cold":
                 reference[encoder] = done.outputs
@@ -605,7 +525,7 @@ def part_c(ctx: Context) -> dict[str, Any]:
     def warm_up(client: Any) -> None:
         warm_up_server(client, {e: inputs[e][: ctx.batch] for e in ENCODERS})
 
-    with EmbeddingServer(ctx, demo, server_cache, "c1", threads) as server:
+    with embedding_server(ctx, demo, server_cache, "c1", threads) as server:
         client = make_client(server.endpoint)
         warm_up(client)
         measure("computing", client, "bypass", server)
@@ -615,7 +535,7 @@ def part_c(ctx: Context) -> dict[str, Any]:
         del client
     for i in range(ctx.repeats):
         # The same folder, a new server: its memory is empty, and each key is read once from RocksDB.
-        with EmbeddingServer(ctx, demo, server_cache, f"c{i + 2}", threads) as server:
+        with embedding_server(ctx, demo, server_cache, f"c{i + 2}", threads) as server:
             client = make_client(server.endpoint)
             warm_up(client)
             measure("server RocksDB hits (restarted)", client, "use", server)
@@ -702,7 +622,7 @@ def report_c(c: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- part d
-def epoch(ctx: Context, demo: Demo, data: Any, server: EmbeddingServer, cache: str = "use") -> dict[str, Any]:
+def epoch(ctx: Context, demo: Demo, data: Any, server: Any, cache: str = "use") -> dict[str, Any]:
     """One epoch of a DataLoader (ctx.workers workers, shuffled) over JITEmbeddingDataset with the demo's fields,
     with a new client (so its counters are this epoch's). Timed from iter() (the workers' start included) to the
     last batch."""
@@ -758,7 +678,7 @@ def part_d(ctx: Context) -> dict[str, Any]:
     server_cache = {"rocksdb": {"path": str(ctx.workdir / "d-server-cache")}}
     epochs: dict[str, dict[str, Any]] = {}
 
-    def run(label: str, server: EmbeddingServer, cache: str = "use") -> None:
+    def run(label: str, server: Any, cache: str = "use") -> None:
         if label != "warm, memory (same server, again)":
             warm_up_server(make_client(server.endpoint), warm_inputs)  # a fresh server: its first runs untimed
         r = epochs[label] = epoch(ctx, demo, data, server, cache)
@@ -769,13 +689,13 @@ def part_d(ctx: Context) -> dict[str, Any]:
             flush=True,
         )
 
-    with EmbeddingServer(ctx, demo, {"enabled": False}, "d0", threads) as server:
+    with embedding_server(ctx, demo, {"enabled": False}, "d0", threads) as server:
         # The server has no cache (no /v1/cache/lookup): the client sends inputs straight to /v1/encode.
         run("cache disabled (baseline)", server, cache="bypass")
-    with EmbeddingServer(ctx, demo, server_cache, "d1", threads) as server:
+    with embedding_server(ctx, demo, server_cache, "d1", threads) as server:
         run("cold (fresh cache folder)", server)
         run("warm, memory (same server, again)", server)
-    with EmbeddingServer(ctx, demo, server_cache, "d2", threads) as server:
+    with embedding_server(ctx, demo, server_cache, "d2", threads) as server:
         run("warm, RocksDB (new server)", server)
     return {
         "samples": ctx.epoch_samples,

@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -296,9 +297,15 @@ class EmbeddingServer:
         workdir: Path,
         intra_op_threads: int,
         max_queue_delay_us: int,
-        cache_dir: Path | None,
+        cache: dict[str, Any],
+        binary: Path = SERVER_BINARY,
+        preexec: Callable[[], None] | None = None,
     ):
+        """``cache`` is the config's ``cache:`` section (docs/cache.md); ``preexec`` runs in the
+        server process before it starts (default: the trainer-isolation CPU pinning, if any)."""
         self.workdir = workdir
+        self.binary = binary
+        self.preexec = preexec if preexec is not None else _server_preexec()
         self.config = workdir / "server.yaml"
         encoders = [
             {
@@ -314,9 +321,6 @@ class EmbeddingServer:
         import yaml
 
         workdir.mkdir(parents=True, exist_ok=True)
-        # The embedded default cache: a memory LRU in front of RocksDB in cache_dir, which outlives
-        # the server, so the next run (the next job) finds every embedding already computed.
-        cache = {"enabled": False} if cache_dir is None else {"rocksdb": {"path": str(cache_dir)}}
         config = {"server": {"threads": 64}, "cache": cache, "encoders": encoders}
         self.config.write_text(yaml.safe_dump(config, sort_keys=False))
         self.proc: subprocess.Popen | None = None
@@ -331,9 +335,9 @@ class EmbeddingServer:
         port_file = self.workdir / "port"
         port_file.unlink(missing_ok=True)
         self.log = open(self.workdir / "server.log", "wb")  # noqa: SIM115
-        cmd = [str(SERVER_BINARY), "--config", str(self.config), "--port", "0", "--port-file", str(port_file)]
+        cmd = [str(self.binary), "--config", str(self.config), "--port", "0", "--port-file", str(port_file)]
         self.proc = subprocess.Popen(
-            cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_server_preexec()
+            cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=self.preexec
         )
         try:
             deadline = time.monotonic() + 120
@@ -388,6 +392,11 @@ class EmbeddingServer:
             return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         except (OSError, IndexError, ValueError, AttributeError):
             return 0.0
+
+    def cache_stats(self) -> dict[str, Any]:
+        """GET /v1/cache/stats as a dict ({} when the server has no cache)."""
+        status, body = self._get("/v1/cache/stats")
+        return json.loads(body) if status == 200 else {}
 
     def metrics(self) -> dict[str, dict[str, float]]:
         """Per encoder: batches, mean batch size, compute seconds (from /metrics)."""
@@ -631,9 +640,11 @@ def run_mode(mode: str, args, data: ShapesDataset, artifacts: dict[str, Path], t
     if args.isolate_trainer:
         common["worker_init_fn"] = _to_pipeline_cpus
     if mode == "jit":
-        cache_dir = None if args.no_cache else args.cache_dir
+        # The embedded default cache: a memory LRU in front of RocksDB in --cache-dir, which outlives
+        # the server, so the next run (the next job) finds every embedding already computed.
+        cache = {"enabled": False} if args.no_cache else {"rocksdb": {"path": str(args.cache_dir)}}
         with EmbeddingServer(
-            artifacts, args.workdir / "server", args.server_threads, args.queue_delay_us, cache_dir
+            artifacts, args.workdir / "server", args.server_threads, args.queue_delay_us, cache
         ) as server:
             print(f"server: {SERVER_BINARY.name} on {server.endpoint} (config {_show(server.config)})")
             client = make_client(server.endpoint)
