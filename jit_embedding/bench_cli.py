@@ -58,6 +58,7 @@ from jit_embedding.cli_common import (
     call_factory,
     first_line,
     import_target,
+    text_table,
 )
 from jit_embedding.client import CACHE_MODES, ClientError, EmbeddingClient
 
@@ -500,17 +501,12 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    return ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [header, *rows]]
-
-
 def format_rows(rows: list[dict], mode: str) -> str:
     level = "conc" if mode == "closed" else "rate/s"
     key = "concurrency" if mode == "closed" else "rate"
     main = [level, "req/s", "samples/s", "MB/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "errors", "stable"]
     split = [level, "queue", "compute", "serialize", "batch", "encode", "net+server", "decode"]
-    lines = _table(
+    lines = text_table(
         main,
         [
             [_fmt(r[key], 1 if mode == "open" else 0)]
@@ -519,9 +515,10 @@ def format_rows(rows: list[dict], mode: str) -> str:
             + [_fmt(r["errors"]), _fmt(r["stable"]) + f" ({r['windows']})"]
             for r in rows
         ],
+        left=0,
     )
     lines += ["", "breakdown, mean ms per request (server: queue = batch formation; batch = samples per batch)"]
-    lines += _table(
+    lines += text_table(
         split,
         [
             [_fmt(r[key], 1 if mode == "open" else 0)]
@@ -539,9 +536,10 @@ def format_rows(rows: list[dict], mode: str) -> str:
             ]
             for r in rows
         ],
+        left=0,
     )
     lines += ["", "server /metrics over the measured windows (all servers)"]
-    lines += _table(
+    lines += text_table(
         [level, "batches", "batch size", "compute ms/batch", "queue ms"],
         [
             [_fmt(r[key], 1 if mode == "open" else 0)]
@@ -556,6 +554,7 @@ def format_rows(rows: list[dict], mode: str) -> str:
             ]
             for r in rows
         ],
+        left=0,
     )
     return "\n".join(lines)
 
