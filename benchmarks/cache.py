@@ -71,7 +71,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench_modules import load_module  # benchmarks/, the script's folder, is on sys.path
+from bench_common import (  # benchmarks/, the script's folder, is on sys.path
+    find_binary,
+    free_port,
+    load_module,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = ROOT / "build" / "bench"
@@ -97,16 +101,6 @@ EPOCH_SEED = 0
 
 
 # ---------------------------------------------------------------------------------------------- binaries
-def find_binary(env: str, candidates: list[Path], hint: str) -> Path:
-    """$env if set, else the newest existing candidate."""
-    if os.environ.get(env):
-        return Path(os.environ[env])
-    found = [p for p in candidates if p.exists()]
-    if not found:
-        sys.exit(f"benchmarks/cache.py: no {candidates[0].name} (looked in {', '.join(map(str, candidates))}): {hint}")
-    return max(found, key=lambda p: p.stat().st_mtime)
-
-
 def run_cache_bench(binary: Path, *args: str, timeout: float = 600.0) -> list[dict[str, Any]]:
     """Runs jit-cache-bench and returns the JSON objects it printed, one per line."""
     cmd = [str(binary), *args]
@@ -117,12 +111,6 @@ def run_cache_bench(binary: Path, *args: str, timeout: float = 600.0) -> list[di
 
 
 # ---------------------------------------------------------------------------------------------- redis
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def die_with_parent() -> None:
     """In a child before exec (Linux): SIGTERM it when this process dies, however it dies (even SIGKILL)."""
     with contextlib.suppress(OSError, AttributeError):

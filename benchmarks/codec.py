@@ -52,6 +52,7 @@ import safetensors
 import safetensors.torch
 import torch
 import zstandard
+from bench_common import print_table  # benchmarks/, the script's folder, is on sys.path
 
 from jit_embedding import codec
 
@@ -216,14 +217,6 @@ def decode_scaling(base: torch.Tensor, threads: int, reps: int = 101) -> dict[st
 # ---------------------------------------------------------------------------------------------- report
 def fmt(x: float) -> str:
     return f"{x:.0f}" if x >= 100 else f"{x:.1f}" if x >= 10 else f"{x:.2f}"
-
-
-def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
-    print(f"\n{title}\n{line(header)}\n{'  '.join('-' * w for w in widths)}")
-    for r in rows:
-        print(line(r))
 
 
 def machine_info(threads: int) -> dict[str, Any]:

@@ -38,7 +38,6 @@ import platform
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from bench_common import find_binary, free_port, print_table  # benchmarks/, the script's folder, is on sys.path
 from torch import nn
 
 from jit_embedding import codec
@@ -65,16 +65,6 @@ MIB = 1 << 20
 
 
 # ---------------------------------------------------------------------------------------------- binaries
-def find_binary(env: str, candidates: list[Path], hint: str) -> Path:
-    """$env if set, else the newest existing candidate."""
-    if os.environ.get(env):
-        return Path(os.environ[env])
-    found = [p for p in candidates if p.exists()]
-    if not found:
-        sys.exit(f"benchmarks/server.py: no {candidates[0].name} (looked in {', '.join(map(str, candidates))}): {hint}")
-    return max(found, key=lambda p: p.stat().st_mtime)
-
-
 def run_loadgen(loadgen: Path, *args: str, timeout: float = 900.0) -> dict[str, Any]:
     """Runs jit-loadgen and returns the JSON object it prints."""
     cmd = [str(loadgen), *args]
@@ -85,12 +75,6 @@ def run_loadgen(loadgen: Path, *args: str, timeout: float = 900.0) -> dict[str, 
 
 
 # ---------------------------------------------------------------------------------------------- server
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def http_get(port: int, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
@@ -467,14 +451,6 @@ def part_c(server_bin: Path, loadgen: Path, quick: bool) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- report
-def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
-    print(f"\n{title}\n{line(header)}\n{'  '.join('-' * w for w in widths)}")
-    for r in rows:
-        print(line(r))
-
-
 def report(results: dict[str, Any]) -> list[dict[str, Any]]:
     targets: list[dict[str, Any]] = []
     if "a" in results:

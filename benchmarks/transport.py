@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_modules import load_module  # benchmarks/, the script's folder, is on sys.path
+from bench_common import load_module  # benchmarks/, the script's folder, is on sys.path
 
 from jit_embedding import codec
 

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from bench_modules import load_module  # benchmarks/, the script's folder, is on sys.path
+from bench_common import load_module  # benchmarks/, the script's folder, is on sys.path
 
 from jit_embedding import codec
 
