@@ -79,14 +79,8 @@ std::string CacheService::lookup(const codec::DecodedFrame &frame) {
       views.push_back(std::move(v));
     }
   }
-  registry_
-      .counter("jit_cache_rows_total", "Samples looked up in the cache, by encoder and result",
-               {{"encoder", encoder}, {"result", "hit"}})
-      .inc(static_cast<double>(hit_rows.size()));
-  registry_
-      .counter("jit_cache_rows_total", "Samples looked up in the cache, by encoder and result",
-               {{"encoder", encoder}, {"result", "miss"}})
-      .inc(static_cast<double>(content.size() - hit_rows.size()));
+  rows_counter(encoder, true).inc(static_cast<double>(hit_rows.size()));
+  rows_counter(encoder, false).inc(static_cast<double>(content.size() - hit_rows.size()));
 
   msgpack::sbuffer sb;
   msgpack::packer<msgpack::sbuffer> pk(sb);
@@ -133,16 +127,10 @@ std::string CacheService::stats_json(bool versions) {
          ", \"pending_bytes\": " + std::to_string(pending_bytes) + ", \"encoders\": [";
   first = true;
   for (const engine::EncoderInfo &e : engine_.encoders()) {
-    auto rows = [&](const char *result) {
-      return static_cast<uint64_t>(registry_
-                                       .counter("jit_cache_rows_total",
-                                                "Samples looked up in the cache, by encoder and result",
-                                                {{"encoder", e.name}, {"result", result}})
-                                       .value());
-    };
+    auto rows = [&](bool hit) { return static_cast<uint64_t>(rows_counter(e.name, hit).value()); };
     out += std::string(first ? "" : ", ") + "{\"name\": " + json_quote(e.name) +
-           ", \"version\": " + json_quote(e.version) + ", \"rows_hit\": " + std::to_string(rows("hit")) +
-           ", \"rows_missed\": " + std::to_string(rows("miss")) + "}";
+           ", \"version\": " + json_quote(e.version) + ", \"rows_hit\": " + std::to_string(rows(true)) +
+           ", \"rows_missed\": " + std::to_string(rows(false)) + "}";
     first = false;
   }
   out += "]";

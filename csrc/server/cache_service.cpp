@@ -214,6 +214,11 @@ CacheService::~CacheService() {
   cache_->flush();
 }
 
+metrics::Counter &CacheService::rows_counter(const std::string &encoder, bool hit) {
+  return registry_.counter("jit_cache_rows_total", "Samples looked up in the cache, by encoder and result",
+                           {{"encoder", encoder}, {"result", hit ? "hit" : "miss"}});
+}
+
 void CacheService::store(Pending p) {
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -331,10 +336,8 @@ std::string CacheService::encode(const std::string &encoder, bool cacheable, con
   } catch (const cache::CacheError &e) {
     throw ServerError(Code::kUnprocessable, e.what());
   }
-  auto &rows_hit = registry_.counter("jit_cache_rows_total", "Samples looked up in the cache, by encoder and result",
-                                     {{"encoder", encoder}, {"result", "hit"}});
-  auto &rows_missed = registry_.counter("jit_cache_rows_total", "Samples looked up in the cache, by encoder and result",
-                                        {{"encoder", encoder}, {"result", "miss"}});
+  metrics::Counter &rows_hit = rows_counter(encoder, true);
+  metrics::Counter &rows_missed = rows_counter(encoder, false);
 
   // Two rounds at most: the second recomputes everything when a version switch raced the first.
   for (int round = 0;; ++round) {

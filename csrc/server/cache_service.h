@@ -109,6 +109,9 @@ private:
   };
   class Flights; // cache_service.cpp
 
+  // jit_cache_rows_total{encoder, result="hit"|"miss"}: samples looked up, by encode and lookup.
+  metrics::Counter &rows_counter(const std::string &encoder, bool hit);
+
   // Queues a computed row for storing; drops it (counted) when pending_bytes would be exceeded.
   void store(Pending p);
   void writer_loop();
