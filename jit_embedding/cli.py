@@ -123,7 +123,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from jit_embedding.serve import serve
 
     try:
-        return serve(args.config, host=args.host, port=args.port, port_file=args.port_file)
+        return serve(
+            args.config,
+            host=args.host,
+            port=args.port,
+            port_file=args.port_file,
+            allow_public=args.public,
+            auth_token_file=args.auth_token_file,
+            admin_token_file=args.admin_token_file,
+            tls_cert_file=args.tls_cert_file,
+            tls_key_file=args.tls_key_file,
+        )
     except (ValueError, RuntimeError) as e:
         # Config and load errors name the key or the encoder; a traceback adds nothing for users.
         print(f"jit-embedding serve: {e}", file=sys.stderr)
@@ -164,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--host", help="override server.host")
     srv.add_argument("--port", type=int, help="override server.port (0: a free port)")
     srv.add_argument("--port-file", help="write the bound port here once listening")
+    srv.add_argument("--public", action="store_true", help="allow a --host that is not a loopback address")
+    srv.add_argument("--auth-token-file", help="file holding the bearer token every route but /health/live needs")
+    srv.add_argument("--admin-token-file", help="file holding the token of the admin routes (load, unload, drain)")
+    srv.add_argument("--tls-cert-file", help="serve HTTPS with this PEM certificate (needs --tls-key-file)")
+    srv.add_argument("--tls-key-file", help="the certificate's PEM private key")
     srv.set_defaults(func=_cmd_serve)
     bench_cli.add_parser(sub)
     cache_cli.add_parser(sub)

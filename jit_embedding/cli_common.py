@@ -13,6 +13,8 @@ import socket
 import sys
 from typing import Any
 
+from jit_embedding import security
+
 #: Exit statuses.
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -85,22 +87,39 @@ def positive_arg(name: str, value: float, allow_zero: bool = False) -> None:
 
 
 class Server:
-    """One ``--server`` value: ``host:port`` or ``http://host:port``, as EmbeddingClient takes them."""
+    """One ``--server`` value: ``host:port``, ``http://host:port`` or ``https://host:port``, as
+    EmbeddingClient takes them. Credentials and the CA bundle come from the environment
+    (jit_embedding/security.py): the token on every request, the admin token on admin routes."""
 
     def __init__(self, url: str):
         s = url.strip()
-        if s.startswith("http://"):
-            s = s[len("http://") :]
+        self.tls = s.startswith("https://")
+        if s.startswith("http://") or self.tls:
+            s = s.split("://", 1)[1]
         elif "://" in s:
-            raise CommandError(f"--server '{url}': only http:// servers are supported", EXIT_USAGE)
+            raise CommandError(f"--server '{url}': only http:// and https:// servers are supported", EXIT_USAGE)
         s = s.rstrip("/")
         host, _, port = s.rpartition(":")
         if not host or "/" in s or not port.isdigit() or not 0 < int(port) < 65536:
-            raise CommandError(f"--server '{url}': expected host:port or http://host:port", EXIT_USAGE)
+            raise CommandError(f"--server '{url}': expected host:port or http(s)://host:port", EXIT_USAGE)
         self.host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
         self.port = int(port)
-        self.endpoint = f"{host}:{port}"  # what EmbeddingClient gets
-        self.url = f"http://{self.endpoint}"
+        self.url = f"{'https' if self.tls else 'http'}://{host}:{port}"
+        self.endpoint = self.url if self.tls else f"{host}:{port}"  # what EmbeddingClient gets
+        try:
+            self.token = security.auth_token()
+            self.admin_token = security.admin_token()
+        except ValueError as e:
+            raise CommandError(str(e), EXIT_USAGE) from None
+
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+        if self.tls:
+            return http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=security.ssl_context())
+        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+
+    def _headers(self, method: str, path: str) -> dict[str, str]:
+        admin = method == "POST" and (path == "/v1/cache/prune" or path.endswith(("/load", "/unload", "/drain")))
+        return security.bearer_headers(self.admin_token if admin and self.admin_token else self.token)
 
     def request_json(self, method: str, path: str, body: dict | None = None, timeout: float = 60.0) -> Any:
         """One request on a fresh connection; the parsed JSON answer of a 200.
@@ -109,9 +128,10 @@ class Server:
             CommandError: the server is unreachable or slow, answers an error (its message and code
                 are shown), or answers something other than JSON.
         """
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        conn = self._connection(timeout)
         data = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if data is not None else {}
+        headers.update(self._headers(method, path))
         try:
             conn.request(method, path, body=data, headers=headers)
             resp = conn.getresponse()
@@ -145,9 +165,9 @@ class Server:
         Raises:
             CommandError: the server is unreachable or slow, or answers another status.
         """
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        conn = self._connection(timeout)
         try:
-            conn.request("GET", path)
+            conn.request("GET", path, headers=self._headers("GET", path))
             resp = conn.getresponse()
             status, answer = resp.status, resp.read()
         except (OSError, http.client.HTTPException) as e:
@@ -156,7 +176,8 @@ class Server:
         finally:
             conn.close()
         if status != 200:
-            raise CommandError(f"{self.url}{path}: HTTP {status}")
+            hint = " (set JIT_EMBEDDING_AUTH_TOKEN or _FILE)" if status == 401 else ""
+            raise CommandError(f"{self.url}{path}: HTTP {status}{hint}")
         return answer.decode(errors="replace")
 
 

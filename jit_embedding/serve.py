@@ -178,17 +178,44 @@ class Server:
     Args:
         config: path of the YAML config (docs/serving.md).
         host, port: override the config's ``server.host`` / ``server.port`` (port 0: a free one).
+        allow_public: allow a host that is not a loopback address (``server.allow_public``).
+        auth_token_file, admin_token_file: files holding the bearer tokens (``server.auth``;
+            docs/security.md). Without them the config's, or ``$JIT_EMBEDDING_AUTH_TOKEN`` /
+            ``$JIT_EMBEDDING_ADMIN_TOKEN``.
+        tls_cert_file, tls_key_file: PEM certificate and key: serve HTTPS (``server.tls``).
 
     Raises:
-        ValueError: the config is malformed (the message names the key).
+        ValueError: the config is malformed (the message names the key), or a token file is
+            unreadable or holds a token shorter than 16 characters.
 
     ``start()`` loads every encoder and serves; ``drain()`` stops admitting and finishes in-flight
     work; ``wait(timeout)`` returns once the server has stopped. Use it as a context manager to
     drain on exit.
     """
 
-    def __init__(self, config: str, host: str | None = None, port: int | None = None):
-        self._app = _C.App(str(config), load_factory, host, port)
+    def __init__(
+        self,
+        config: str,
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        allow_public: bool = False,
+        auth_token_file: str | None = None,
+        admin_token_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
+    ):
+        self._app = _C.App(
+            str(config),
+            load_factory,
+            host,
+            port,
+            allow_public,
+            auth_token_file,
+            admin_token_file,
+            tls_cert_file,
+            tls_key_file,
+        )
 
     def start(self) -> int:
         """Loads the encoders and starts serving; returns the port. Raises ValueError or RuntimeError
@@ -226,12 +253,16 @@ class Server:
         self.drain()
 
 
-def serve(config: str, host: str | None = None, port: int | None = None, port_file: str | None = None) -> int:
-    """Runs the server until SIGTERM or SIGINT, then drains and returns 0 (1 if the grace period ran out).
+def serve(
+    config: str, host: str | None = None, port: int | None = None, port_file: str | None = None, **security: Any
+) -> int:
+    """Runs the server until SIGTERM, SIGINT or POST /v1/admin/drain, then drains and returns 0 (1
+    if the grace period ran out). ``security``: Server's keyword arguments (allow_public, token and
+    TLS files).
 
     The main thread waits in short GIL-free slices, so Python's signal handlers run promptly.
     """
-    server = Server(config, host=host, port=port)
+    server = Server(config, host=host, port=port, **security)
     bound = server.start()
     if port_file:
         tmp = f"{port_file}.tmp"

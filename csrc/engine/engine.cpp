@@ -323,6 +323,20 @@ void Engine::load(const std::string &name, std::shared_ptr<executor::Executor> e
   if (old) old->close_and_join();
 }
 
+void Engine::unload(const std::string &name) {
+  std::shared_ptr<Deployment> gone;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = deployments_.find(name);
+    if (it == deployments_.end()) {
+      throw EngineError(EngineError::Code::kUnknownEncoder, "no encoder named '" + name + "'");
+    }
+    gone = std::move(it->second);
+    deployments_.erase(it);
+  }
+  gone->close_and_join();
+}
+
 std::shared_ptr<Engine::Deployment> Engine::find(const std::string &name) const {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = deployments_.find(name);

@@ -89,6 +89,11 @@ public:
   std::future<Result> submit(const std::string &name, std::vector<Tensor> inputs,
                              Clock::time_point deadline = Clock::time_point::max());
 
+  // Stops serving `name`: new requests for it fail as for an unknown encoder, queued ones finish.
+  // Returns once its executors are joined and freed. Throws EngineError(kUnknownEncoder) when no
+  // encoder has that name.
+  void unload(const std::string &name);
+
   std::vector<EncoderInfo> encoders() const;
   // The encoder serving `name` now (its version and spec), or nullopt when none does.
   std::optional<EncoderInfo> info(const std::string &name) const;

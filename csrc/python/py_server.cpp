@@ -6,15 +6,24 @@
 
 #include "python/py_executor.h"
 #include "server/artifact_factory.h"
+#include "server/auth.h"
 
 namespace jit::python {
 
 PyApp::PyApp(const std::string &config_path, py::object loader, std::optional<std::string> host,
-             std::optional<int> port)
+             std::optional<int> port, bool allow_public, std::optional<std::string> auth_token_file,
+             std::optional<std::string> admin_token_file, std::optional<std::string> tls_cert_file,
+             std::optional<std::string> tls_key_file)
     : loader_(new py::object(std::move(loader))) {
   server::ServerConfig config = server::load_config(config_path);
   if (host) config.server.host = *host;
   if (port) config.server.port = *port;
+  if (allow_public) config.server.allow_public = true;
+  if (auth_token_file) config.server.auth.token = server::read_token_file(*auth_token_file, "--auth-token-file");
+  if (admin_token_file)
+    config.server.auth.admin_token = server::read_token_file(*admin_token_file, "--admin-token-file");
+  if (tls_cert_file) config.server.tls_cert_file = *tls_cert_file;
+  if (tls_key_file) config.server.tls_key_file = *tls_key_file;
   app_ = std::make_unique<server::App>(std::move(config),
                                        [this](const server::EncoderEntry &e) { return make_executor(e); });
 }

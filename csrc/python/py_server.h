@@ -26,7 +26,11 @@ class PyApp {
 public:
   // Reads the config at `config_path` (ServerError, raised as ValueError, for a bad one); `host`
   // and `port`, when given, override its server keys. `loader` builds Python factory entries.
-  PyApp(const std::string &config_path, py::object loader, std::optional<std::string> host, std::optional<int> port);
+  // host/port and the security flags override the config (`jit-embedding serve --public`, token
+  // files, TLS files; server/auth.h). Throws ValueError (ServerError) for a bad config or token.
+  PyApp(const std::string &config_path, py::object loader, std::optional<std::string> host, std::optional<int> port,
+        bool allow_public, std::optional<std::string> auth_token_file, std::optional<std::string> admin_token_file,
+        std::optional<std::string> tls_cert_file, std::optional<std::string> tls_key_file);
   // Drains (without waiting for the grace period to pass if nothing is in flight) and joins.
   ~PyApp();
 

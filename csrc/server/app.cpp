@@ -63,6 +63,14 @@ App::App(ServerConfig config, ExecutorFactory factory)
   hooks.load_encoder = [this](const std::string &name, const std::string &body) {
     return handle_load_request(name, body);
   };
+  hooks.unload_encoder = [this](const std::string &name) { return unload(name); };
+  hooks.request_drain = [this] {
+    if (drain_request_) {
+      drain_request_();
+    } else {
+      drainer_ = std::thread([this] { begin_drain(); });
+    }
+  };
   // The tracer is process-wide: one capture at a time, whichever App asked for it.
   hooks.trace_start = [] { return trace::start(kTraceMaxEvents); };
   hooks.trace_stop = [] { return trace::to_chrome_json(trace::stop()); };
@@ -70,6 +78,7 @@ App::App(ServerConfig config, ExecutorFactory factory)
 }
 
 App::~App() {
+  if (drainer_.joinable()) drainer_.join(); // a drain asked for over HTTP finishes first
   // HTTP first, so no handler is left calling into the engine while it drains.
   http_->stop();
   http_->wait();
@@ -171,6 +180,24 @@ std::string App::handle_load_request(const std::string &name, const std::string 
   const LoadResult r = load_held(name, parse_load_request(body, name, base, config_.artifact_root));
   return "{\"encoder\": " + json_quote(r.encoder) + ", \"version\": " + json_quote(r.version) +
          ", \"previous_version\": " + (r.previous_version.empty() ? "null" : json_quote(r.previous_version)) + "}";
+}
+
+std::string App::unload(const std::string &name) {
+  check_name(name);
+  const std::shared_ptr<std::mutex> serial = load_lock(name);
+  std::lock_guard<std::mutex> hold(*serial); // not while a load of the same name runs
+  const std::optional<engine::EncoderInfo> info = engine_.info(name);
+  if (!info) throw ServerError(Code::kNotFound, "unknown encoder '" + name + "'");
+  try {
+    engine_.unload(name);
+  } catch (const engine::EngineError &e) {
+    throw from_engine_error(e);
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    entries_.erase(name);
+  }
+  return "{\"encoder\": " + json_quote(name) + ", \"unloaded_version\": " + json_quote(info->version) + "}";
 }
 
 std::string App::encoders_json() const {

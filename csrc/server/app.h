@@ -19,6 +19,8 @@
 //                               "instances": 1, "length_buckets": [16, 32]},
 //                  "queued_samples": 0}, ...]}
 // in name order; a load answers {"encoder": name, "version": new, "previous_version": old or null}.
+// Unloading (POST /v1/encoders/{name}/unload) and POST /v1/admin/drain are admin routes like the
+// load (server/auth.h).
 //
 // The embedding cache (config `cache:`, server/cache_service.h) sits in front of the engine for
 // every encoder whose entry does not say `cache: false`, and serves the /v1/cache/ routes.
@@ -29,6 +31,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 
 #include "common/metrics.h"
 #include "engine/engine.h"
@@ -75,6 +78,16 @@ public:
   // Throws ServerError as parse_load_request() and load() do.
   std::string handle_load_request(const std::string &name, const std::string &body);
 
+  // Stops serving `name` (POST /v1/encoders/{name}/unload): its queued requests finish, later
+  // ones answer 404. Returns {"encoder": name, "unloaded_version": v}. Throws ServerError
+  // kNotFound for a name not served, kBadRequest for an invalid name.
+  std::string unload(const std::string &name);
+
+  // What POST /v1/admin/drain calls (once): `fn` must return quickly and arrange for
+  // begin_drain() to run, as the binary's main() does by waking its signal loop. Without one the
+  // App drains on a thread of its own. Call before start().
+  void on_drain_request(std::function<void()> fn) { drain_request_ = std::move(fn); }
+
   // The JSON array GET /v1/encoders lists (see the file comment).
   std::string encoders_json() const;
 
@@ -108,6 +121,9 @@ private:
   engine::Engine engine_;
   std::unique_ptr<CacheService> cache_; // stores its last rows after HTTP has stopped
   std::unique_ptr<HttpServer> http_;
+
+  std::function<void()> drain_request_;
+  std::thread drainer_; // begin_drain() for POST /v1/admin/drain without drain_request_
 
   mutable std::mutex mu_;                                    // guards the two maps below
   std::map<std::string, EncoderEntry> entries_;              // what each served name was loaded from

@@ -126,7 +126,7 @@ BodyBuffer &thread_body_buffer() {
 }
 
 void read_body(const httplib::Request &req, httplib::Response &res, const httplib::ContentReader &reader,
-               size_t max_body_bytes, BodyBuffer *buf, std::chrono::milliseconds read_timeout) {
+               size_t max_body_bytes, BodyBuffer *buf, std::chrono::milliseconds read_timeout, bool direct_socket) {
   // httplib would feed a multipart body to a multipart receiver we do not have (a 500); the
   // frame is the body itself, so refuse it as the client's mistake.
   if (req.get_header_value("Content-Type").rfind("multipart/form-data", 0) == 0) {
@@ -146,7 +146,7 @@ void read_body(const httplib::Request &req, httplib::Response &res, const httpli
       // Over the limit, httplib refuses the body itself (below): reserving it would be wasted.
       if (!length.empty() && *end == '\0' && declared <= max_body_bytes) {
         buf->reserve(declared);
-        if (declared >= kDirectReadMinBytes && req.get_header_value("Content-Encoding").empty() &&
+        if (direct_socket && declared >= kDirectReadMinBytes && req.get_header_value("Content-Encoding").empty() &&
             !req.has_header("Transfer-Encoding")) {
           const int fd = connection_socket(req);
           if (fd >= 0) {

@@ -92,9 +92,10 @@ BodyBuffer &thread_body_buffer();
 // connection would start inside it). `read_timeout` bounds each wait for bytes on the direct path
 // (httplib applies its own on its path). Throws ServerError: 413 over max_body_bytes, 400 when the
 // body cannot be read. When a failure leaves unread bytes on the connection, the response asks
-// the client to close it.
+// the client to close it. `direct_socket` false never takes the direct path (TLS listeners).
 void read_body(const httplib::Request &req, httplib::Response &res, const httplib::ContentReader &reader,
-               size_t max_body_bytes, BodyBuffer *buf, std::chrono::milliseconds read_timeout);
+               size_t max_body_bytes, BodyBuffer *buf, std::chrono::milliseconds read_timeout,
+               bool direct_socket = true);
 
 // The message of an error status httplib produced itself (413, 404, 414, other 4xx).
 std::string httplib_error_message(int status, const httplib::Request &req, size_t max_body_bytes);

@@ -14,6 +14,8 @@
 #include <set>
 #include <sstream>
 
+#include "server/auth.h"
+
 namespace jit::server {
 
 namespace {
@@ -227,10 +229,45 @@ const std::vector<std::string> kServerKeys = {"host",
                                               "tcp_nodelay",
                                               "drain_grace_ms",
                                               "artifact_root",
-                                              "limits"};
+                                              "limits",
+                                              "allow_public",
+                                              "auth",
+                                              "tls",
+                                              "max_header_bytes",
+                                              "max_deadline_s"};
+
+// server.auth: each token from a file (relative to the config's folder) or a named environment
+// variable; with neither named, the default variable (server/auth.h) when it is set.
+void apply_auth(const YAML::Node &n, const std::string &base_dir, AuthSettings &auth) {
+  std::string token_file, token_env, admin_file, admin_env;
+  if (!n.IsNull()) {
+    for_each_key(n, "server.auth", {"token_file", "token_env", "admin_token_file", "admin_token_env"},
+                 [&](const std::string &key, const YAML::Node &v) {
+                   const std::string at = "server.auth." + key;
+                   std::string value = text(v, at);
+                   if (value.empty()) fail(at, "must not be empty");
+                   if (key == "token_file") token_file = absolute_from(value, base_dir);
+                   if (key == "token_env") token_env = value;
+                   if (key == "admin_token_file") admin_file = absolute_from(value, base_dir);
+                   if (key == "admin_token_env") admin_env = value;
+                 });
+  }
+  if (!token_file.empty() && !token_env.empty()) fail("server.auth", "give token_file or token_env, not both");
+  if (!admin_file.empty() && !admin_env.empty())
+    fail("server.auth", "give admin_token_file or admin_token_env, not both");
+  auth.token = !token_file.empty() ? read_token_file(token_file, "server.auth.token_file")
+                                   : token_from_env(token_env.empty() ? kAuthTokenEnv : token_env, "server.auth.token");
+  auth.admin_token = !admin_file.empty()
+                         ? read_token_file(admin_file, "server.auth.admin_token_file")
+                         : token_from_env(admin_env.empty() ? kAdminTokenEnv : admin_env, "server.auth.admin_token");
+  if (!auth.token.empty() && auth.token == auth.admin_token) {
+    fail("server.auth", "the admin token must differ from the token (else every client could administer)");
+  }
+}
 
 void apply_server(const YAML::Node &n, const std::string &base_dir, ServerConfig &c) {
   ServerSettings &s = c.server;
+  bool saw_auth = false;
   for_each_key(n, "server", kServerKeys, [&](const std::string &key, const YAML::Node &v) {
     const std::string at = "server." + key;
     if (key == "host") {
@@ -264,8 +301,26 @@ void apply_server(const YAML::Node &n, const std::string &base_dir, ServerConfig
       c.artifact_root = absolute_from(root, base_dir);
     } else if (key == "limits") {
       apply_limits(v, at, s.codec_limits);
+    } else if (key == "allow_public") {
+      s.allow_public = boolean(v, at);
+    } else if (key == "auth") {
+      apply_auth(v, base_dir, s.auth);
+      saw_auth = true;
+    } else if (key == "tls") {
+      if (v.IsNull()) return;
+      for_each_key(v, at, {"cert_file", "key_file"}, [&](const std::string &k, const YAML::Node &x) {
+        const std::string file = text(x, at + "." + k);
+        if (file.empty()) fail(at + "." + k, "must not be empty");
+        (k == "cert_file" ? s.tls_cert_file : s.tls_key_file) = absolute_from(file, base_dir);
+      });
+      if (s.tls_cert_file.empty() != s.tls_key_file.empty()) fail(at, "needs both cert_file and key_file");
+    } else if (key == "max_header_bytes") {
+      s.max_header_bytes = static_cast<size_t>(integer(v, at, 256, int64_t{1} << 20, "an integer in [256, 1048576]"));
+    } else if (key == "max_deadline_s") {
+      s.max_deadline = std::chrono::seconds(integer(v, at, 1, int64_t{1} << 31, "a positive integer"));
     }
   });
+  if (!saw_auth) apply_auth(YAML::Node(), base_dir, s.auth);
 }
 
 uint64_t megabytes(const YAML::Node &n, const std::string &path) {
@@ -359,10 +414,15 @@ ServerConfig parse_config(const std::string &yaml_text, const std::string &base_
   const YAML::Node root = parse_yaml(yaml_text, "config");
   ServerConfig c;
   c.artifact_root = absolute_from(".", base_dir);
-  if (root.IsNull()) return c;
+  bool saw_server = false;
+  if (root.IsNull()) {
+    apply_auth(YAML::Node(), base_dir, c.server.auth);
+    return c;
+  }
   for_each_key(root, "", {"server", "encoders", "cache"}, [&](const std::string &key, const YAML::Node &v) {
     if (key == "server") {
-      if (!v.IsNull()) apply_server(v, base_dir, c);
+      saw_server = !v.IsNull();
+      if (saw_server) apply_server(v, base_dir, c);
       return;
     }
     if (key == "cache") {
@@ -390,6 +450,7 @@ ServerConfig parse_config(const std::string &yaml_text, const std::string &base_
       c.encoders.push_back(std::move(e));
     }
   });
+  if (!saw_server) apply_auth(YAML::Node(), base_dir, c.server.auth);
   return c;
 }
 

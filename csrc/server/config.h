@@ -16,6 +16,14 @@
 //     artifact_root: .            # POST /v1/encoders/{name}/load may only name artifacts inside it;
 //                                 # default: the config file's folder
 //     limits: {max_frame_bytes: 4294967296, ...}   # codec::CodecLimits fields by name
+//     allow_public: false         # a host other than loopback must be allowed explicitly
+//     auth:                       # bearer tokens (server/auth.h); each from a file OR a variable
+//       token_file: secrets/token # relative to the config file's folder
+//       token_env: MY_TOKEN       # default when neither is given: $JIT_EMBEDDING_AUTH_TOKEN if set
+//       admin_token_file: secrets/admin   # or admin_token_env; default: $JIT_EMBEDDING_ADMIN_TOKEN
+//     tls: {cert_file: server.crt, key_file: server.key}   # PEM files: HTTPS only
+//     max_header_bytes: 8192      # request line + headers; more answers 431
+//     max_deadline_s: 3600        # an X-Deadline-Ms further away answers 400
 //   encoders:
 //     - name: clip                # [A-Za-z0-9._-]+, unique: it is a URL segment and a metric label
 //       artifact: exports/clip    # folder with manifest.json, relative to the config file; or

@@ -14,8 +14,10 @@ int http_status(const ServerError &e) {
   case ServerError::Code::kUnprocessable: return 422;
   case ServerError::Code::kPayloadTooLarge: return 413;
   case ServerError::Code::kNotFound: return 404;
+  case ServerError::Code::kUnauthorized: return 401;
   case ServerError::Code::kForbidden: return 403;
   case ServerError::Code::kConflict: return 409;
+  case ServerError::Code::kHeaderTooLarge: return 431;
   case ServerError::Code::kOverloaded: return 429;
   case ServerError::Code::kNotReady: return 503;
   case ServerError::Code::kDeadlineExceeded: return 504;
@@ -30,8 +32,10 @@ const char *code_name(ServerError::Code code) {
   case ServerError::Code::kUnprocessable: return "unprocessable";
   case ServerError::Code::kPayloadTooLarge: return "payload_too_large";
   case ServerError::Code::kNotFound: return "not_found";
+  case ServerError::Code::kUnauthorized: return "unauthorized";
   case ServerError::Code::kForbidden: return "forbidden";
   case ServerError::Code::kConflict: return "conflict";
+  case ServerError::Code::kHeaderTooLarge: return "header_too_large";
   case ServerError::Code::kOverloaded: return "overloaded";
   case ServerError::Code::kNotReady: return "not_ready";
   case ServerError::Code::kDeadlineExceeded: return "deadline_exceeded";

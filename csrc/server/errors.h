@@ -24,8 +24,11 @@ public:
     kUnprocessable,    // 422: a well-formed frame the encoder cannot take (wrong inputs, shapes)
     kPayloadTooLarge,  // 413: the body or a frame size is over a limit
     kNotFound,         // 404: unknown route or encoder
-    kForbidden,        // 403: the request names something it may not (an artifact outside artifact_root)
+    kUnauthorized,     // 401: no valid bearer token (the server was configured with one)
+    kForbidden,        // 403: the request names something it may not (an artifact outside artifact_root),
+                       //      or an admin route without the admin token
     kConflict,         // 409: the request conflicts with one in progress (a second trace capture)
+    kHeaderTooLarge,   // 431: the request's headers are over max_header_bytes
     kOverloaded,       // 429: a bounded queue is full; retry later
     kNotReady,         // 503: not ready yet, or draining
     kDeadlineExceeded, // 504: X-Deadline-Ms has passed
@@ -41,9 +44,9 @@ private:
 };
 
 // How many codes there are: the size of tables indexed by Code.
-inline constexpr size_t kServerErrorCodes = 10;
+inline constexpr size_t kServerErrorCodes = 12;
 
-// The HTTP status for e's code: 400, 422, 413, 404, 403, 429, 503, 504 or 500.
+// The HTTP status for e's code: 400, 401, 403, 404, 409, 413, 422, 429, 431, 503, 504 or 500.
 int http_status(const ServerError &e);
 
 // The stable snake_case name of a code ("bad_request", "payload_too_large", ...), as sent in the

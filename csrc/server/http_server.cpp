@@ -3,6 +3,8 @@
 
 #include <httplib.h>
 
+#include <arpa/inet.h>
+#include <netdb.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -16,6 +18,7 @@
 #include <utility>
 
 #include "common/trace.h"
+#include "server/auth.h"
 #include "server/body_reader.h"
 #include "server/errors.h"
 
@@ -40,13 +43,19 @@ constexpr long kTraceDefaultMs = 2000;
 // The `path` label of jit_http_requests_total: the route template, never the raw path, so that a
 // client probing random URLs or encoder names cannot grow the number of series without bound.
 std::string route_label(const std::string &path) {
-  if (path == "/health/live" || path == "/health/ready" || path == "/metrics" || path == "/v1/encoders" ||
-      path == "/v1/trace")
-    return path;
-  if (path.rfind(kEncodePrefix, 0) == 0) return "/v1/encode/{encoder}";
-  if (path.rfind(kEncodersPrefix, 0) == 0 && path.size() > 5 && path.compare(path.size() - 5, 5, "/load") == 0) {
-    return "/v1/encoders/{name}/load";
+  static const char *const kFixed[] = {"/health/live",     "/health/ready",   "/metrics",
+                                       "/v1/encoders",     "/v1/trace",       "/v1/admin/drain",
+                                       "/v1/cache/lookup", "/v1/cache/stats", "/v1/cache/prune"};
+  for (const char *fixed : kFixed) {
+    if (path == fixed) return path;
   }
+  const auto ends_with = [&](const char *suffix) {
+    const size_t n = std::strlen(suffix);
+    return path.size() > n && path.compare(path.size() - n, n, suffix) == 0;
+  };
+  if (path.rfind(kEncodePrefix, 0) == 0) return "/v1/encode/{encoder}";
+  if (path.rfind(kEncodersPrefix, 0) == 0 && ends_with("/load")) return "/v1/encoders/{name}/load";
+  if (path.rfind(kEncodersPrefix, 0) == 0 && ends_with("/unload")) return "/v1/encoders/{name}/unload";
   return "other";
 }
 
@@ -58,6 +67,87 @@ Code code_for_httplib_status(int status) {
   case 404: return Code::kNotFound;
   default: return status >= 500 ? Code::kInternal : Code::kBadRequest;
   }
+}
+
+// A connection over in-memory bytes: the request to read, and the response written back.
+class MemoryStream : public httplib::Stream {
+public:
+  explicit MemoryStream(const std::string &in) : in_(in) {}
+  bool is_readable() const override { return pos_ < in_.size(); }
+  bool is_writable() const override { return true; }
+  ssize_t read(char *ptr, size_t size) override {
+    const size_t n = std::min(size, in_.size() - pos_);
+    std::memcpy(ptr, in_.data() + pos_, n);
+    pos_ += n;
+    return static_cast<ssize_t>(n);
+  }
+  ssize_t write(const char *ptr, size_t size) override {
+    out_.append(ptr, size);
+    return static_cast<ssize_t>(size);
+  }
+  void get_remote_ip_and_port(std::string &ip, int &port) const override {
+    ip = "127.0.0.1";
+    port = 0;
+  }
+  void get_local_ip_and_port(std::string &ip, int &port) const override {
+    ip = "127.0.0.1";
+    port = 0;
+  }
+  socket_t socket() const override { return INVALID_SOCKET; }
+  std::string take_output() { return std::move(out_); }
+
+private:
+  const std::string &in_;
+  size_t pos_ = 0;
+  std::string out_;
+};
+
+// httplib keeps a connection's request processing protected; handle_raw() needs it directly.
+template <class Base> class ProcessingServer : public Base {
+public:
+  using Base::Base;
+  bool process(httplib::Stream &strm) {
+    bool closed = false;
+    return this->process_request(strm, /*close_connection=*/true, closed, nullptr);
+  }
+};
+
+// Whether `host` names only loopback addresses ("localhost", 127.0.0.0/8, ::1). Names resolve
+// through getaddrinfo, as httplib's bind does; a name that does not resolve is not loopback.
+bool is_loopback_host(const std::string &host) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo *res = nullptr;
+  if (getaddrinfo(host.c_str(), nullptr, &hints, &res) != 0 || res == nullptr) return false;
+  bool loopback = true;
+  for (addrinfo *a = res; a != nullptr; a = a->ai_next) {
+    if (a->ai_family == AF_INET) {
+      const auto *in = reinterpret_cast<const sockaddr_in *>(a->ai_addr);
+      loopback = loopback && (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+    } else if (a->ai_family == AF_INET6) {
+      const auto *in6 = reinterpret_cast<const sockaddr_in6 *>(a->ai_addr);
+      loopback = loopback && IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr);
+    } else {
+      loopback = false;
+    }
+  }
+  freeaddrinfo(res);
+  return loopback;
+}
+
+// httplib adds these to every request it parses; they did not come from the client.
+bool synthetic_header(const std::string &key) {
+  return key == "REMOTE_ADDR" || key == "REMOTE_PORT" || key == "LOCAL_ADDR" || key == "LOCAL_PORT";
+}
+
+// Bytes of the request line and headers as they arrived (near enough: httplib has parsed them).
+size_t header_bytes(const httplib::Request &req) {
+  size_t n = req.method.size() + req.target.size() + req.version.size() + 4;
+  for (const auto &[k, v] : req.headers) {
+    if (!synthetic_header(k)) n += k.size() + v.size() + 4;
+  }
+  return n;
 }
 
 } // namespace
@@ -84,8 +174,24 @@ std::optional<std::chrono::system_clock::time_point> parse_deadline_ms(const std
 }
 
 HttpServer::HttpServer(ServerSettings settings, metrics::Registry &registry, ServerHooks hooks)
-    : settings_(std::move(settings)), registry_(registry), hooks_(std::move(hooks)),
-      http_(std::make_unique<httplib::Server>()) {
+    : settings_(std::move(settings)), registry_(registry), hooks_(std::move(hooks)) {
+  if (settings_.tls_cert_file.empty() != settings_.tls_key_file.empty()) {
+    throw std::runtime_error("TLS needs both tls_cert_file and tls_key_file");
+  }
+  if (!settings_.tls_cert_file.empty()) {
+    auto tls = std::make_unique<ProcessingServer<httplib::SSLServer>>(settings_.tls_cert_file.c_str(),
+                                                                      settings_.tls_key_file.c_str());
+    if (!tls->is_valid()) {
+      throw std::runtime_error("cannot load the TLS certificate " + settings_.tls_cert_file + " and key " +
+                               settings_.tls_key_file + " (PEM files, the key matching the certificate)");
+    }
+    process_ = [p = tls.get()](httplib::Stream &strm) { return p->process(strm); };
+    http_ = std::move(tls);
+  } else {
+    auto plain = std::make_unique<ProcessingServer<httplib::Server>>();
+    process_ = [p = plain.get()](httplib::Stream &strm) { return p->process(strm); };
+    http_ = std::move(plain);
+  }
   const size_t threads = settings_.threads == 0 ? 1 : settings_.threads;
   http_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   http_->set_payload_max_length(settings_.max_body_bytes);
@@ -104,8 +210,9 @@ HttpServer::HttpServer(ServerSettings settings, metrics::Registry &registry, Ser
 
   // Register every failure reason up front so each series exists (at 0) from the first scrape:
   // rate() over a series that appears only on the first failure misses that failure.
-  for (Code c : {Code::kBadRequest, Code::kUnprocessable, Code::kPayloadTooLarge, Code::kNotFound, Code::kForbidden,
-                 Code::kConflict, Code::kOverloaded, Code::kNotReady, Code::kDeadlineExceeded, Code::kInternal}) {
+  for (Code c : {Code::kBadRequest, Code::kUnprocessable, Code::kPayloadTooLarge, Code::kNotFound, Code::kUnauthorized,
+                 Code::kForbidden, Code::kConflict, Code::kHeaderTooLarge, Code::kOverloaded, Code::kNotReady,
+                 Code::kDeadlineExceeded, Code::kInternal}) {
     failures_.at(static_cast<size_t>(c)) = &registry_.counter(
         "jit_http_failures_total", "HTTP requests that failed, by reason", {{"reason", code_name(c)}});
   }
@@ -126,6 +233,7 @@ void HttpServer::install_routes() {
     res.status = http_status(e);
     // Overload is transient: tell well-behaved clients when to come back instead of letting them spin.
     if (e.code() == Code::kOverloaded) res.set_header("Retry-After", "1");
+    if (e.code() == Code::kUnauthorized) res.set_header("WWW-Authenticate", "Bearer realm=\"jit-embedding\"");
     res.set_content(error_json(e), kJson);
     failures_.at(static_cast<size_t>(e.code()))->inc();
   };
@@ -169,6 +277,26 @@ void HttpServer::install_routes() {
         .counter("jit_http_requests_total", "HTTP requests answered",
                  {{"path", route_label(req.path)}, {"code", std::to_string(res.status)}})
         .inc();
+  });
+
+  // Before any route: the header size limit, then the credentials. A refused request's body is
+  // not read; the response closes the connection so the unread bytes never parse as a request.
+  http_->set_pre_routing_handler([this, send_error](const httplib::Request &req, httplib::Response &res) {
+    try {
+      if (header_bytes(req) > settings_.max_header_bytes) {
+        throw ServerError(Code::kHeaderTooLarge,
+                          "request header fields too large: " + std::to_string(header_bytes(req)) +
+                              " bytes of request line and headers, over max_header_bytes (" +
+                              std::to_string(settings_.max_header_bytes) + ")");
+      }
+      authorize(settings_.auth, route_access(req.method, req.path), req.get_header_value("Authorization"));
+      return httplib::Server::HandlerResponse::Unhandled;
+    } catch (const ServerError &e) {
+      send_error(res, e);
+      if (req.has_header("Content-Length") || req.has_header("Transfer-Encoding"))
+        res.set_header("Connection", "close");
+      return httplib::Server::HandlerResponse::Handled;
+    }
   });
 
   http_->Get("/health/live", guarded([](const httplib::Request &, httplib::Response &res) {
@@ -247,11 +375,13 @@ void HttpServer::install_routes() {
   // Frame POSTs (encode, cache lookup): the body goes from the socket into this thread's aligned
   // buffer and is decoded in place; `handle` gets the frame while the buffer is alive and returns
   // the response frame.
+  // The direct socket path reads raw bytes: ciphertext under TLS.
+  const bool direct_reads = settings_.tls_cert_file.empty();
   auto frame_post =
-      [this, run_guarded, &in_flight_gauge](
-          const httplib::Request &req, httplib::Response &res, const httplib::ContentReader &reader,
-          const std::function<std::string(const codec::DecodedFrame &,
-                                          std::optional<std::chrono::system_clock::time_point>)> &handle) {
+      [this, run_guarded, &in_flight_gauge,
+       direct_reads](const httplib::Request &req, httplib::Response &res, const httplib::ContentReader &reader,
+                     const std::function<std::string(const codec::DecodedFrame &,
+                                                     std::optional<std::chrono::system_clock::time_point>)> &handle) {
         run_guarded(res, [&] {
           trace::Scope request_span("request", "http");
           if (request_span.active()) {
@@ -269,7 +399,7 @@ void HttpServer::install_routes() {
             size_t keep;
             ~Trim() { body.trim(keep); }
           } trim_on_exit{body, settings_.retain_body_bytes};
-          read_body(req, res, reader, settings_.max_body_bytes, &body, settings_.read_timeout);
+          read_body(req, res, reader, settings_.max_body_bytes, &body, settings_.read_timeout, direct_reads);
 
           const auto deadline = parse_deadline_ms(req.get_header_value("X-Deadline-Ms"));
           const auto now = std::chrono::system_clock::now();
@@ -277,6 +407,15 @@ void HttpServer::install_routes() {
             const auto late = std::chrono::duration_cast<std::chrono::milliseconds>(now - *deadline).count();
             throw ServerError(Code::kDeadlineExceeded,
                               "deadline exceeded: X-Deadline-Ms passed " + std::to_string(late) + " ms ago");
+          }
+          if (deadline && *deadline - now > settings_.max_deadline) {
+            throw ServerError(
+                Code::kBadRequest,
+                "bad request: X-Deadline-Ms is " +
+                    std::to_string(std::chrono::duration_cast<std::chrono::seconds>(*deadline - now).count()) +
+                    " s away, over max_deadline_s (" +
+                    std::to_string(std::chrono::duration_cast<std::chrono::seconds>(settings_.max_deadline).count()) +
+                    ")");
           }
           codec::DecodeOptions options;
           options.limits = settings_.codec_limits;
@@ -357,6 +496,47 @@ void HttpServer::install_routes() {
       res.set_content(hooks_.load_encoder(req.matches[1].str(), text), kJson);
     });
   });
+
+  // Unload and drain take no body; one sent anyway is read and dropped, bounded like a load's.
+  http_->Post(R"(/v1/encoders/([^/]+)/unload)",
+              [this, run_guarded, &in_flight_gauge](const httplib::Request &req, httplib::Response &res,
+                                                    const httplib::ContentReader &reader) {
+                run_guarded(res, [&] {
+                  InFlight in_flight(this, in_flight_gauge);
+                  read_body(req, res, reader, kMaxLoadBodyBytes, nullptr, settings_.read_timeout);
+                  if (!in_flight.entered)
+                    throw ServerError(Code::kNotReady, "not ready: draining, not unloading encoders");
+                  if (!hooks_.unload_encoder)
+                    throw ServerError(Code::kNotFound, "not found: this server does not unload encoders");
+                  res.set_content(hooks_.unload_encoder(req.matches[1].str()), kJson);
+                });
+              });
+
+  // Not counted in flight: the drain it starts waits for in-flight requests, and must not wait
+  // for this one.
+  http_->Post("/v1/admin/drain", [this, run_guarded](const httplib::Request &req, httplib::Response &res,
+                                                     const httplib::ContentReader &reader) {
+    run_guarded(res, [&] {
+      read_body(req, res, reader, kMaxLoadBodyBytes, nullptr, settings_.read_timeout);
+      if (!hooks_.request_drain)
+        throw ServerError(Code::kNotFound, "not found: this server cannot be drained over HTTP");
+      bool first;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        first = !drain_requested_;
+        drain_requested_ = true;
+      }
+      if (first) hooks_.request_drain();
+      res.status = 202;
+      res.set_content("{\"status\": \"draining\"}", kJson);
+    });
+  });
+}
+
+std::string HttpServer::handle_raw(const std::string &request) {
+  MemoryStream stream(request);
+  process_(stream);
+  return stream.take_output();
 }
 
 int HttpServer::start() {
@@ -364,6 +544,11 @@ int HttpServer::start() {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopped_) throw std::logic_error("HttpServer::start() after stop()");
     if (listener_.joinable()) throw std::logic_error("HttpServer::start() called twice");
+  }
+  if (!settings_.allow_public && !is_loopback_host(settings_.host)) {
+    throw std::runtime_error("refusing to listen on " + settings_.host +
+                             ": not a loopback address; set server.allow_public: true (or --public) to serve "
+                             "other hosts, and configure server.auth tokens and TLS (docs/security.md)");
   }
   int port = -1;
   if (settings_.port == 0) {

@@ -21,8 +21,19 @@
 //                              captures the pipeline's stages for N ms (1..60000, default 2000;
 //                              else 400) and answers them as Chrome trace JSON (common/trace.h);
 //                              409 while another capture runs, 404 without the trace hooks. The
-//                              wait ends early if the server stops. No authentication yet, like
-//                              the load route: bind to loopback or a trusted network.
+//                              wait ends early if the server stops.
+//   POST /v1/encoders/{name}/unload
+//                              stops serving `name` after its queued work (ServerHooks::unload_encoder)
+//   POST /v1/admin/drain       202 {"status": "draining"}: starts the same graceful drain as SIGTERM
+//                              (ServerHooks::request_drain); the process exits once it is done
+//
+// Security (server/auth.h, docs/security.md): with tokens configured, every route but
+// /health/live needs `Authorization: Bearer <token>` (401 otherwise) and the admin routes (load,
+// unload, drain, cache prune) the admin token (403 for the plain one). The check runs before any
+// route, on the headers alone; a refused request's body is never read, and the response closes
+// the connection. Headers over max_header_bytes answer 431. With tls_cert_file and tls_key_file
+// the listener speaks HTTPS only (httplib's SSLServer over OpenSSL), and request bodies are always
+// read through httplib (the direct socket path would read ciphertext).
 //
 // Request bodies of POST /v1/encode are read straight from the socket into a per-thread,
 // 64-byte-aligned buffer that is reused across requests (reserved from Content-Length, grown for
@@ -55,17 +66,29 @@
 
 #include "codec/codec.h"
 #include "common/metrics.h"
+#include "server/auth.h"
 #include "server/errors.h"
 
 namespace httplib {
 class Server;
-}
+class Stream;
+} // namespace httplib
 
 namespace jit::server {
 
 struct ServerSettings {
-  std::string host = "127.0.0.1"; // loopback unless asked otherwise: the server has no auth yet
-  int port = 0;                   // 0: an ephemeral port, reported by HttpServer::start()
+  std::string host = "127.0.0.1"; // loopback unless asked otherwise (see allow_public)
+  // A host that is not a loopback address must be asked for explicitly: start() refuses one
+  // otherwise, so that a typo'd config never exposes an unauthenticated server.
+  bool allow_public = false;
+  AuthSettings auth;              // bearer tokens; none: nothing is checked (server/auth.h)
+  std::string tls_cert_file;      // PEM certificate (chain); with tls_key_file: HTTPS only
+  std::string tls_key_file;       // PEM private key
+  size_t max_header_bytes = 8192; // request line + all headers; more answers 431
+  // An X-Deadline-Ms further than this in the future answers 400: a deadline bounds how long a
+  // request may hold a queue slot and its memory.
+  std::chrono::milliseconds max_deadline{std::chrono::hours(1)};
+  int port = 0; // 0: an ephemeral port, reported by HttpServer::start()
   // Worker threads; httplib serves one connection per thread for its whole keep-alive life, so
   // this is how many keep-alive connections are served at once (more wait in the accept queue).
   size_t threads = 512;
@@ -108,11 +131,18 @@ struct ServerHooks {
   // trace_stop ends it and returns the Chrome trace JSON. Empty: 404.
   std::function<bool()> trace_start;
   std::function<std::string()> trace_stop;
+  // POST /v1/encoders/{name}/unload: stops serving `name` (queued work finishes) and returns the
+  // JSON answer; throws ServerError (404 for an unknown name). Empty: 404.
+  std::function<std::string(const std::string &name)> unload_encoder;
+  // POST /v1/admin/drain: starts a graceful drain of the whole server and returns at once. Called
+  // at most once. Empty: 404.
+  std::function<void()> request_drain;
 };
 
 class HttpServer {
 public:
   // Configures routes and limits; binds nothing yet. The registry must outlive the server.
+  // Throws std::runtime_error when the TLS certificate or key cannot be loaded.
   HttpServer(ServerSettings settings, metrics::Registry &registry, ServerHooks hooks);
   // Stops serving (without a drain) and joins the listener thread.
   ~HttpServer();
@@ -121,7 +151,8 @@ public:
 
   // Binds settings.host:settings.port, starts accepting on a background thread, and returns the
   // bound port (the ephemeral one when settings.port is 0). Returns once the server is accepting.
-  // Throws std::runtime_error if the address cannot be bound. Call at most once.
+  // Throws std::runtime_error if the address cannot be bound, or when settings.host is not a
+  // loopback address and allow_public is false. Call at most once.
   int start();
 
   int port() const { return port_; }
@@ -144,6 +175,11 @@ public:
   // POSTs being handled right now.
   size_t in_flight() const;
 
+  // Runs one raw HTTP/1.1 request (request line, headers, body) through the same parsing,
+  // routes, limits and error handling as a connection would, with no socket, and returns the raw
+  // response bytes. For the request-handling fuzz target and tests; callable without start().
+  std::string handle_raw(const std::string &request);
+
 private:
   void install_routes();
   // Counts a request in, unless draining; returns false (and counts nothing) while draining.
@@ -156,7 +192,8 @@ private:
   // jit_http_failures_total per reason, indexed by Code: looked up once, so counting a failure
   // takes no registry lock.
   std::array<metrics::Counter *, kServerErrorCodes> failures_{};
-  std::unique_ptr<httplib::Server> http_;
+  std::unique_ptr<httplib::Server> http_;          // an SSLServer with TLS
+  std::function<bool(httplib::Stream &)> process_; // http_'s request processing (handle_raw)
   std::thread listener_;
   int port_ = 0;
   int listen_fd_ = -1; // set by httplib's socket-options callback, before start() returns
@@ -168,6 +205,7 @@ private:
   bool draining_ = false;
   std::optional<bool> drain_result_;
   bool stopped_ = false;
+  bool drain_requested_ = false;
 };
 
 // Parses an X-Deadline-Ms value: milliseconds since the Unix epoch as a non-negative decimal

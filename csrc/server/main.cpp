@@ -24,6 +24,7 @@
 
 #include "server/app.h"
 #include "server/artifact_factory.h"
+#include "server/auth.h"
 #include "server/config.h"
 #include "server/errors.h"
 
@@ -48,6 +49,13 @@ void print_help(const char *argv0) {
               "  --artifact-root PATH   the folder POST /v1/encoders/{name}/load may load artifacts from\n"
               "                         (default: the config file's folder; without --config, loading is off)\n"
               "  --port-file PATH       write the bound port (decimal, newline) to PATH once listening\n"
+              "  --public               allow a --host that is not a loopback address\n"
+              "  --auth-token-file PATH bearer token every route but /health/live requires (a file, never a\n"
+              "                         flag value; default: $JIT_EMBEDDING_AUTH_TOKEN when set)\n"
+              "  --admin-token-file PATH  token the admin routes require (load, unload, drain, cache prune;\n"
+              "                         default: $JIT_EMBEDDING_ADMIN_TOKEN when set)\n"
+              "  --tls-cert-file PATH   serve HTTPS with this PEM certificate (needs --tls-key-file)\n"
+              "  --tls-key-file PATH    the certificate's PEM private key\n"
               "  --help                 show this message and exit\n"
               "  --version              print the version and exit\n",
               argv0, d.host.c_str(), d.port, d.threads, d.max_body_bytes);
@@ -113,6 +121,11 @@ struct Overrides {
   std::optional<size_t> threads;
   std::optional<size_t> max_body_bytes;
   std::optional<std::string> artifact_root;
+  bool allow_public = false;
+  std::optional<std::string> auth_token_file;
+  std::optional<std::string> admin_token_file;
+  std::optional<std::string> tls_cert_file;
+  std::optional<std::string> tls_key_file;
 };
 
 } // namespace
@@ -150,6 +163,16 @@ int main(int argc, char **argv) {
       flags.artifact_root = argv[++i];
     } else if (std::strcmp(arg, "--port-file") == 0 && has_value) {
       port_file = argv[++i];
+    } else if (std::strcmp(arg, "--public") == 0) {
+      flags.allow_public = true;
+    } else if (std::strcmp(arg, "--auth-token-file") == 0 && has_value) {
+      flags.auth_token_file = argv[++i];
+    } else if (std::strcmp(arg, "--admin-token-file") == 0 && has_value) {
+      flags.admin_token_file = argv[++i];
+    } else if (std::strcmp(arg, "--tls-cert-file") == 0 && has_value) {
+      flags.tls_cert_file = argv[++i];
+    } else if (std::strcmp(arg, "--tls-key-file") == 0 && has_value) {
+      flags.tls_key_file = argv[++i];
     } else {
       std::fprintf(stderr, "%s: unknown argument or missing value '%s' (see --help)\n", argv[0], arg);
       return 2;
@@ -160,6 +183,7 @@ int main(int argc, char **argv) {
   try {
     if (config_path.empty()) {
       std::fprintf(stderr, "%s: no --config given: serving with no encoders\n", argv[0]);
+      config = jit::server::parse_config("", std::filesystem::current_path().string()); // defaults and $JIT_* tokens
     } else {
       config = jit::server::load_config(config_path);
     }
@@ -171,6 +195,18 @@ int main(int argc, char **argv) {
   if (flags.port) config.server.port = *flags.port;
   if (flags.threads) config.server.threads = *flags.threads;
   if (flags.max_body_bytes) config.server.max_body_bytes = *flags.max_body_bytes;
+  if (flags.allow_public) config.server.allow_public = true;
+  if (flags.tls_cert_file) config.server.tls_cert_file = *flags.tls_cert_file;
+  if (flags.tls_key_file) config.server.tls_key_file = *flags.tls_key_file;
+  try {
+    if (flags.auth_token_file)
+      config.server.auth.token = jit::server::read_token_file(*flags.auth_token_file, "--auth-token-file");
+    if (flags.admin_token_file)
+      config.server.auth.admin_token = jit::server::read_token_file(*flags.admin_token_file, "--admin-token-file");
+  } catch (const jit::server::ServerError &e) {
+    std::fprintf(stderr, "%s: %s\n", argv[0], e.what());
+    return 2;
+  }
   if (flags.artifact_root) {
     config.artifact_root = std::filesystem::absolute(*flags.artifact_root).lexically_normal().string();
   } else if (config_path.empty()) {
@@ -199,8 +235,22 @@ int main(int argc, char **argv) {
   }
 
   const std::string host = config.server.host;
-  jit::server::App app(std::move(config), jit::server::load_artifact_executor);
+  const bool open_to_all = config.server.allow_public && !config.server.auth.enabled();
   int port = 0;
+  std::unique_ptr<jit::server::App> app_holder;
+  try {
+    app_holder = std::make_unique<jit::server::App>(std::move(config), jit::server::load_artifact_executor);
+  } catch (const std::exception &e) {
+    std::fprintf(stderr, "%s: %s\n", argv[0], e.what());
+    return 2;
+  }
+  jit::server::App &app = *app_holder;
+  // POST /v1/admin/drain takes the signal path, so both end in the same drain below.
+  app.on_drain_request([] {
+    const char byte = 'd';
+    ssize_t ignored = write(g_signal_pipe[1], &byte, 1);
+    (void)ignored;
+  });
   try {
     port = app.start();
   } catch (const jit::server::ServerError &e) {
@@ -215,6 +265,12 @@ int main(int argc, char **argv) {
     return 1;
   }
   std::fprintf(stderr, "%s: listening on %s:%d\n", argv[0], host.c_str(), port);
+  if (open_to_all) {
+    std::fprintf(stderr,
+                 "%s: warning: serving a public address with no auth token: anyone who can reach it may use "
+                 "it (docs/security.md)\n",
+                 argv[0]);
+  }
 
   // Block until a stop signal arrives. EINTR cannot loop forever: SA_RESTART, and a signal always
   // leaves a byte behind.
