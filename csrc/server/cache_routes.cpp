@@ -170,7 +170,9 @@ std::string CacheService::prune(const std::string &body) {
   bool any = false;
   for (auto it = root.begin(); it != root.end(); ++it) {
     const std::string key = it->first.Scalar();
-    const YAML::Node &v = it->second;
+    // A copy (Node is a handle): yaml-cpp's it->second lives in a temporary proxy that dies at
+    // the end of this statement, so a reference would dangle (found by fuzz_http).
+    const YAML::Node v = it->second;
     auto number = [&](const char *what) -> uint64_t {
       try {
         const long long n = v.as<long long>();
