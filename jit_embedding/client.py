@@ -14,23 +14,42 @@ Example::
     future = client.submit("vae", {"x": images}, key="sample-17")
     latents, _ = future.result(timeout=30)
 
+Discovery: ``EmbeddingClient(discovery="http://host:port/<app>")`` (or ``"ray://<app>"`` for a
+jit-embedding app on Ray Serve, docs/ray.md) reads the endpoint list from a registry and refreshes
+it every ``discovery_interval`` seconds on a daemon thread: new replicas join the balancer, removed
+ones leave it after their requests in flight finish.
+
 Fork safety: a client made before ``fork()`` (a DataLoader's workers) rebuilds its connections and
-threads in the child on first use and never touches the parent's. With the ``spawn`` start method
-it pickles as its options.
+threads in the child on first use and never touches the parent's; the child starts its own
+discovery thread then, from the endpoint set the parent had. With the ``spawn`` start method it
+pickles as its options.
 """
 
 from __future__ import annotations
 
+import collections
 import json
+import os
+import threading
+import time
+import urllib.request
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, Union
 
 import numpy as np
 import torch
 
-from jit_embedding import _C, codec
+from jit_embedding import _C, codec, security
 
 __all__ = ["CACHE_MODES", "ClientError", "EmbeddingClient", "Future", "ManyFuture"]
+
+#: Seconds one discovery request may take (also capped by the refresh interval's double).
+DISCOVERY_FETCH_TIMEOUT_S = 10.0
+#: Refreshes kept in ``discovery_stats()["history"]``.
+DISCOVERY_HISTORY = 256
+#: The stats() row of the endpoints no longer in the set.
+REMOVED_ROW = "(removed)"
 
 #: How a request uses the caches: read and write them, compute and overwrite, or neither.
 CACHE_MODES = ("use", "refresh", "bypass")
@@ -131,20 +150,152 @@ class ManyFuture:
         return samples, meta
 
 
+class _Discovery:
+    """The endpoint refresher of one EmbeddingClient in one process (see the module docstring).
+
+    A daemon thread GETs ``url`` every ``interval`` seconds and hands a changed list to the native
+    client. The answer is ``{"endpoints": ["host:port", ...], "complete": bool, "generation": n}``
+    (jit_embedding.ray.discovery) or a plain JSON list. An empty list, a failed request or a bad
+    answer keeps the current set; an answer marked ``"complete": false`` (a registry that has just
+    restarted) only adds endpoints. Nothing here survives a fork: ``for_this_process()`` gives the
+    child a fresh refresher (new lock, new thread) and never touches the parent's.
+    """
+
+    def __init__(self, url: str, interval: float, current: list[str], history: list | None = None):
+        self.url = url
+        self.interval = interval
+        self.pid = os.getpid()
+        self.current = list(current)
+        self.refreshes = 0
+        self.failures = 0
+        self.last_error = ""
+        self.history: collections.deque = collections.deque(history or [], maxlen=DISCOVERY_HISTORY)
+        self._lock = threading.Lock()  # one refresh at a time (the thread, or refresh_endpoints())
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def for_this_process(self) -> _Discovery:
+        """This refresher, or in a forked child a new one over the set the child inherited."""
+        if self.pid == os.getpid():
+            return self
+        return _Discovery(self.url, self.interval, self.current, list(self.history))
+
+    def fetch(self) -> dict:
+        """One GET of the registry: ``{"endpoints": [...], "complete": ..., "generation": ...}``.
+        Raises ClientError naming the URL and the cause."""
+        timeout = min(DISCOVERY_FETCH_TIMEOUT_S, max(1.0, 2 * self.interval))
+        try:
+            with urllib.request.urlopen(self.url, timeout=timeout) as resp:
+                data = json.loads(resp.read())
+        except (OSError, ValueError) as e:
+            raise ClientError(f"jit-embedding client: discovery {self.url}: {e}") from e
+        if isinstance(data, list):
+            data = {"endpoints": data}
+        if not isinstance(data, dict) or not isinstance(data.get("endpoints"), list):
+            raise ClientError(f"jit-embedding client: discovery {self.url}: the answer has no 'endpoints' list")
+        return data
+
+    def refresh(self, native: Any) -> bool:
+        """Fetches and applies the list once. Returns whether the set changed; never raises (a
+        failure is counted and kept in ``last_error``)."""
+        with self._lock:
+            try:
+                listing = self.fetch()
+                wanted = [str(e) for e in listing["endpoints"]]
+                if listing.get("complete", True) is False:
+                    wanted = self.current + [e for e in wanted if e not in self.current]
+                changed = bool(wanted) and set(wanted) != set(self.current)
+                if changed:
+                    self.current = list(native.set_endpoints(wanted))
+                self.refreshes += 1
+                self.history.append(
+                    {
+                        "time": time.time(),
+                        "generation": listing.get("generation"),
+                        "listed": sorted(listing["endpoints"]),
+                        "endpoints": sorted(self.current),
+                        "changed": changed,
+                    }
+                )
+                return changed
+            except Exception as e:  # a registry restarting, a bad entry: keep serving on the old set
+                self.failures += 1
+                self.last_error = str(e)
+                return False
+
+    def start(self, client: EmbeddingClient) -> None:
+        """Starts the refresh thread; it holds the client weakly and ends with it."""
+        ref = weakref.ref(client)
+        stop = self._stop
+
+        def loop() -> None:
+            while not stop.wait(self.interval):
+                c = ref()
+                if c is None:
+                    return
+                self.refresh(c._native)
+                del c
+
+        self._thread = threading.Thread(target=loop, name="jit-embedding-discovery", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def stats(self) -> dict:
+        return {
+            "url": self.url,
+            "interval": self.interval,
+            "endpoints": list(self.current),
+            "refreshes": self.refreshes,
+            "failures": self.failures,
+            "last_error": self.last_error,
+            "history": list(self.history),
+        }
+
+
+def resolve_discovery(discovery: str) -> str:
+    """The HTTP URL of a discovery source: ``http(s)://...`` as is; ``ray://<app>`` asked of the
+    app's registry through Ray (jit_embedding.ray.discovery.resolve). Raises ValueError for any
+    other scheme, ClientError when Ray is missing or the app is unknown."""
+    if discovery.startswith(("http://", "https://")):
+        return discovery
+    if discovery.startswith("ray://"):
+        app = discovery[len("ray://") :].strip("/")
+        if not app:
+            raise ValueError("discovery 'ray://' names no app (expected ray://<app>)")
+        try:
+            from jit_embedding.ray.discovery import resolve
+        except ImportError as e:
+            raise ClientError(
+                f"jit-embedding client: {discovery} needs Ray: pip install 'jit-embedding[ray]' ({e})"
+            ) from e
+        try:
+            return resolve(app)
+        except ValueError as e:
+            raise ClientError(f"jit-embedding client: {e}") from e
+    raise ValueError(f"discovery must be 'http://host:port/...' or 'ray://<app>', not {discovery!r}")
+
+
 class EmbeddingClient:
     """A client for one or more jit-embedding servers. Thread-safe; one per process is enough.
 
     Args:
-        endpoints: ``"host:port"`` or ``"http://host:port"`` of each server.
+        endpoints: ``"host:port"``, ``"http://host:port"`` or ``"https://host:port"`` of each
+            server (one https endpoint makes every connection TLS).
         timeout: seconds; the deadline of a request that gives none.
         retries: attempts after the first, for safe failures only (connection error, 429, 503).
-        auth_token: sent as ``Authorization: Bearer <token>``.
+        auth_token: sent as ``Authorization: Bearer <token>``; None: ``$JIT_EMBEDDING_AUTH_TOKEN``
+            or the file ``$JIT_EMBEDDING_AUTH_TOKEN_FILE`` names, if set (docs/security.md).
         balancer: ``"least_outstanding"`` or ``"affinity"`` (same key -> same server).
         health_interval: seconds between probes (GET /health/ready) of an ejected endpoint.
         backoff_base, backoff_max: seconds; full-jitter backoff ``U(0, min(max, base * 2**retry))``.
         max_connections_per_endpoint: keep-alive connections (and requests in flight) per server.
         workers: native threads running submitted requests (requests in flight at once).
         connect_timeout: seconds per TCP connect, also capped by the deadline.
+        attempt_timeout: seconds one attempt waits on a silent server before it counts as a
+            connection error (retried on another endpoint, which a hung replica then costs);
+            None: until the deadline. Set it above the slowest legitimate answer (docs/reliability.md).
         local_cache_dir: a folder for this node's own cache of embeddings (RocksDB, shared by
             every process that names it, DataLoader workers included); None: no local cache.
             ``submit_many`` reads it before asking any server.
@@ -153,6 +304,9 @@ class EmbeddingClient:
         local_cache_version_ttl: seconds; a local hit is served only while a server confirmed the
             encoder's version this recently (every answer confirms it), which bounds how long an
             in-place update can go unnoticed.
+        tls_ca_file: PEM bundle that signed the servers' certificates (https endpoints); None:
+            ``$JIT_EMBEDDING_TLS_CA_FILE``, else the system's CA store.
+        tls_verify: False skips certificate and host name checks (testing only).
 
     Raises:
         ClientError: no endpoints, a malformed endpoint, an unknown balancer, a bad limit, or a
@@ -161,7 +315,7 @@ class EmbeddingClient:
 
     def __init__(
         self,
-        endpoints: Sequence[str],
+        endpoints: Sequence[str] | None = None,
         timeout: float = 30.0,
         retries: int = 3,
         auth_token: str | None = None,
@@ -173,18 +327,31 @@ class EmbeddingClient:
         max_connections_per_endpoint: int = 64,
         workers: int = 16,
         connect_timeout: float = 2.0,
+        attempt_timeout: float | None = None,
         local_cache_dir: str | None = None,
         local_cache_max_bytes: int = 16 << 30,
         local_cache_memory_bytes: int = 256 << 20,
         local_cache_version_ttl: float = 1.0,
+        tls_ca_file: str | None = None,
+        tls_verify: bool = True,
+        discovery: str | None = None,
+        discovery_interval: float = 2.0,
     ):
         if isinstance(endpoints, str):
             endpoints = [endpoints]
+        endpoints = [str(e) for e in endpoints or []]
+        discovery_url = None
+        if discovery is not None:
+            if not discovery_interval > 0:
+                raise ValueError(f"discovery_interval must be > 0, got {discovery_interval}")
+            discovery_url = resolve_discovery(str(discovery))
+            if not endpoints:
+                endpoints = _first_endpoints(discovery_url, float(discovery_interval), float(timeout))
         self._options = {
-            "endpoints": [str(e) for e in endpoints],
+            "endpoints": endpoints,
             "timeout_s": float(timeout),
             "retries": int(retries),
-            "auth_token": auth_token,
+            "auth_token": security.auth_token(auth_token),
             "balancer": str(balancer),
             "health_interval_s": float(health_interval),
             "backoff_base_s": float(backoff_base),
@@ -192,27 +359,81 @@ class EmbeddingClient:
             "max_connections_per_endpoint": int(max_connections_per_endpoint),
             "workers": int(workers),
             "connect_timeout_s": float(connect_timeout),
+            "attempt_timeout_s": 0.0 if attempt_timeout is None else float(attempt_timeout),
             "local_cache_dir": "" if local_cache_dir is None else str(local_cache_dir),
             "local_cache_max_bytes": int(local_cache_max_bytes),
             "local_cache_memory_bytes": int(local_cache_memory_bytes),
             "local_cache_version_ttl_s": float(local_cache_version_ttl),
+            "tls_ca_file": security.tls_ca_file(tls_ca_file) or "",
+            "tls_verify": bool(tls_verify),
         }
         self._native = _C.Client(**self._options)  # validates the options now
         self._specs: dict[str, dict] = {}
+        self._discovery: _Discovery | None = None
+        if discovery_url is not None:
+            self._start_discovery(
+                _Discovery(discovery_url, float(discovery_interval), self._native.set_endpoints(endpoints))
+            )
 
-    # Pickling (multiprocessing "spawn", DataLoader workers) carries the options only: the child
-    # builds its own connections and threads.
+    def _start_discovery(self, discovery: _Discovery) -> None:
+        self._discovery = discovery
+        discovery.start(self)
+        weakref.finalize(self, discovery.stop)
+
+    def _tick(self) -> None:
+        """In a forked child, the first call starts the child's own discovery thread (threads do
+        not survive fork); the native client rebuilds its own state likewise."""
+        d = self._discovery
+        if d is not None and d.pid != os.getpid():
+            self._start_discovery(d.for_this_process())
+
+    # Pickling (multiprocessing "spawn", DataLoader workers) carries the options (with the current
+    # endpoint set) and the discovery source: the child builds its own connections and threads.
     def __getstate__(self) -> dict:
-        return {"options": self._options}
+        d = self._discovery
+        options = {**self._options, "endpoints": self.endpoints}
+        return {"options": options, "discovery": None if d is None else (d.url, d.interval)}
 
     def __setstate__(self, state: dict) -> None:
         self._options = state["options"]
         self._native = _C.Client(**self._options)
         self._specs = {}
+        self._discovery = None
+        if state.get("discovery"):
+            url, interval = state["discovery"]
+            self._start_discovery(_Discovery(url, interval, self._options["endpoints"]))
 
     @property
     def endpoints(self) -> list[str]:
-        return list(self._options["endpoints"])
+        """The current endpoint set, ``"host:port"`` each (discovery changes it)."""
+        self._tick()
+        return [e for e in self._native.stats() if e != REMOVED_ROW]
+
+    def set_endpoints(self, endpoints: Sequence[str]) -> list[str]:
+        """Replaces the endpoint set now: endpoints that stay keep their connections and counters,
+        removed ones finish their requests in flight. With discovery on, its next refresh may
+        change the set again. Returns the set. Raises ClientError for an empty list or a malformed
+        endpoint (the set is left as it was)."""
+        self._tick()
+        current = list(self._native.set_endpoints([str(e) for e in endpoints]))
+        if self._discovery is not None:
+            self._discovery.current = current
+        return current
+
+    def refresh_endpoints(self) -> bool:
+        """Reads the discovery source once, now (the thread does it every discovery_interval).
+        Returns whether the set changed. Raises ValueError without discovery."""
+        if self._discovery is None:
+            raise ValueError("refresh_endpoints: this client has no discovery source")
+        self._tick()
+        return self._discovery.refresh(self._native)
+
+    def discovery_stats(self) -> dict | None:
+        """None without discovery; else ``{"url", "interval", "endpoints", "refreshes",
+        "failures", "last_error", "history"}``, where history holds this process's last refreshes
+        as ``{"time", "generation", "listed", "endpoints", "changed"}``."""
+        self._tick()
+        return None if self._discovery is None else self._discovery.stats()
 
     def submit(self, encoder: str, inputs: Inputs, key: str | None = None, deadline: float | None = None) -> Future:
         """Sends ``inputs`` to ``encoder`` without waiting.
@@ -228,6 +449,7 @@ class EmbeddingClient:
             CodecError: an input of a dtype the wire format does not carry.
             ClientError: an invalid encoder name.
         """
+        self._tick()
         frame = codec.encode(inputs)
         return Future(self._native.submit(encoder, frame, key or "", deadline))
 
@@ -237,6 +459,7 @@ class EmbeddingClient:
         """Sends a request frame built by the caller (``codec.encode(inputs, meta=...)``), for
         callers that set the request meta themselves (the cache mode, say) or time the encoding
         apart, as ``jit-embedding bench`` does. Otherwise as ``submit``."""
+        self._tick()
         return Future(self._native.submit(encoder, frame, key or "", deadline))
 
     def encode(
@@ -247,6 +470,7 @@ class EmbeddingClient:
 
     def encoders(self, refresh: bool = False) -> dict[str, dict]:
         """The servers' encoders (GET /v1/encoders), name -> entry with ``inputs``/``outputs`` specs."""
+        self._tick()
         if refresh or not self._specs:
             listed = json.loads(self._native.encoders_json(None))["encoders"]
             self._specs = {e["name"]: e for e in listed}
@@ -289,6 +513,7 @@ class EmbeddingClient:
                 or an unknown cache mode.
             ClientError: ``encoder`` is not served.
         """
+        self._tick()
         if not samples:
             raise ValueError("submit_many: no samples")
         if cache not in CACHE_MODES:
@@ -359,7 +584,10 @@ class EmbeddingClient:
     def stats(self) -> dict[str, dict]:
         """Per endpoint: requests, responses, failures, retries, bytes_sent, bytes_received,
         connections_opened, ejections, outstanding, healthy, latency_sum_s and latency_buckets
-        ``[(upper bound s, count), ...]`` (counts per bucket, not cumulative)."""
+        ``[(upper bound s, count), ...]`` (counts per bucket, not cumulative). Covers the current
+        endpoint set, plus a ``"(removed)"`` row (REMOVED_ROW) summing the endpoints that discovery
+        or set_endpoints() dropped, so the totals never go down."""
+        self._tick()
         return self._native.stats()
 
     def _spec(self, encoder: str) -> dict:
@@ -375,6 +603,24 @@ class EmbeddingClient:
                 f" (served: {', '.join(sorted(specs)) or 'none'})"
             )
         return specs[encoder]
+
+
+def _first_endpoints(url: str, interval: float, timeout: float) -> list[str]:
+    """The registry's first non-empty list, asked every `interval` for up to `timeout` seconds (a
+    deployment may still be starting). Raises ClientError with the last cause."""
+    probe = _Discovery(url, interval, [])
+    give_up = time.monotonic() + timeout
+    while True:
+        try:
+            endpoints = [str(e) for e in probe.fetch()["endpoints"]]
+            if endpoints:
+                return endpoints
+            cause = "the registry lists no endpoints"
+        except ClientError as e:
+            cause = str(e)
+        if time.monotonic() >= give_up:
+            raise ClientError(f"jit-embedding client: discovery {url}: no endpoints within {timeout:.0f} s ({cause})")
+        time.sleep(min(interval, 0.5))
 
 
 def _as_tensor(value: Any) -> torch.Tensor:

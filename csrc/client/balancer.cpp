@@ -1,8 +1,10 @@
-// Balancer: which endpoint an attempt goes to, and the health of each endpoint.
+// Balancer: which endpoint an attempt goes to, the health of each endpoint, and the endpoint set
+// itself, which set_endpoints() may replace at any time (discovery).
 //
-// Picking reads only atomics (health, Retry-After, requests in flight) and a small RNG under a
-// mutex, so it costs well under a microsecond per attempt for a handful of endpoints. Health
-// probes run on one background thread that sleeps until an endpoint is ejected.
+// Picking copies the set's pointer under a mutex, then reads only atomics (health, Retry-After,
+// requests in flight) and a small RNG under a mutex, so it costs well under a microsecond per
+// attempt for a handful of endpoints. Health probes run on one background thread that sleeps
+// until an endpoint is ejected.
 #include <httplib.h>
 
 #include <algorithm>
@@ -13,8 +15,13 @@ namespace jit::client {
 
 namespace {
 
-bool contains(const std::vector<Endpoint *> &v, const Endpoint *ep) {
-  return std::find(v.begin(), v.end(), ep) != v.end();
+bool contains(const std::vector<EndpointPtr> &v, const Endpoint *ep) {
+  return std::any_of(v.begin(), v.end(), [ep](const EndpointPtr &e) { return e.get() == ep; });
+}
+
+bool any_ejected(const EndpointList &list) {
+  return std::any_of(list.begin(), list.end(),
+                     [](const EndpointPtr &ep) { return !ep->healthy.load(std::memory_order_relaxed); });
 }
 
 int64_t now_ns() {
@@ -44,8 +51,8 @@ uint64_t rendezvous_score(const std::string &key, const std::string &endpoint) {
   return h;
 }
 
-Balancer::Balancer(std::vector<Endpoint *> endpoints, const ClientOptions &options)
-    : endpoints_(std::move(endpoints)), options_(options), affinity_(options.balancer == "affinity"),
+Balancer::Balancer(std::shared_ptr<const EndpointList> endpoints, const ClientOptions &options)
+    : options_(options), affinity_(options.balancer == "affinity"), list_(std::move(endpoints)),
       rng_(std::random_device{}()) {
   prober_ = std::thread([this] { probe_loop(); });
 }
@@ -59,32 +66,59 @@ Balancer::~Balancer() {
   if (prober_.joinable()) prober_.join();
 }
 
-std::vector<Endpoint *> Balancer::candidates(const std::vector<Endpoint *> &tried, bool need_idle) {
+std::shared_ptr<const EndpointList> Balancer::endpoints() const {
+  std::lock_guard<std::mutex> lock(list_mu_);
+  return list_;
+}
+
+void Balancer::set_endpoints(std::shared_ptr<const EndpointList> endpoints) {
+  {
+    std::lock_guard<std::mutex> lock(list_mu_);
+    list_.swap(endpoints);
+  }
+  // The old list (in `endpoints`) goes here unless a request or the prober still holds it.
+  { std::lock_guard<std::mutex> lock(mu_); } // the prober is either waiting or will see the change
+  cv_.notify_all();
+}
+
+std::vector<Endpoint *> Balancer::candidates(const EndpointList &all, const std::vector<EndpointPtr> &tried,
+                                             bool need_idle) {
   std::vector<Endpoint *> out;
   const int64_t now = now_ns();
-  for (Endpoint *ep : endpoints_) {
+  for (const EndpointPtr &ep : all) {
     if (!ep->healthy.load(std::memory_order_relaxed)) continue;
-    if (contains(tried, ep)) continue;
+    if (contains(tried, ep.get())) continue;
     if (need_idle && ep->busy_until_ns.load(std::memory_order_relaxed) > now) continue;
-    out.push_back(ep);
+    out.push_back(ep.get());
   }
   return out;
 }
 
-Endpoint *Balancer::pick(const std::string &key, const std::vector<Endpoint *> &tried) {
+EndpointPtr Balancer::pick(const std::string &key, const std::vector<EndpointPtr> &tried) {
+  const std::shared_ptr<const EndpointList> list = endpoints();
+  const EndpointList &all = *list;
   // Preference: healthy, untried and not in a Retry-After window; then healthy and untried; then
   // healthy and not busy; then healthy; then anything (every endpoint ejected: try them anyway,
   // the probes may simply not have caught up).
-  std::vector<Endpoint *> pool = candidates(tried, true);
-  if (pool.empty()) pool = candidates(tried, false);
-  if (pool.empty()) pool = candidates({}, true);
-  if (pool.empty()) pool = candidates({}, false);
+  std::vector<Endpoint *> pool = candidates(all, tried, true);
+  if (pool.empty()) pool = candidates(all, tried, false);
+  if (pool.empty()) pool = candidates(all, {}, true);
+  if (pool.empty()) pool = candidates(all, {}, false);
   if (pool.empty()) {
-    for (Endpoint *ep : endpoints_)
-      if (!contains(tried, ep)) pool.push_back(ep);
+    for (const EndpointPtr &ep : all)
+      if (!contains(tried, ep.get())) pool.push_back(ep.get());
   }
-  if (pool.empty()) pool = endpoints_;
-  if (pool.size() == 1) return pool[0];
+  if (pool.empty()) {
+    for (const EndpointPtr &ep : all)
+      pool.push_back(ep.get());
+  }
+  // The pool holds raw pointers into `all`; hand back the owning pointer of the one chosen.
+  auto owned = [&](Endpoint *ep) -> EndpointPtr {
+    for (const EndpointPtr &e : all)
+      if (e.get() == ep) return e;
+    return all.front(); // unreachable: every pool entry comes from `all`
+  };
+  if (pool.size() == 1) return owned(pool[0]);
 
   if (affinity_ && !key.empty()) {
     Endpoint *best = nullptr;
@@ -96,7 +130,7 @@ Endpoint *Balancer::pick(const std::string &key, const std::vector<Endpoint *> &
         best_score = s;
       }
     }
-    return best;
+    return owned(best);
   }
 
   size_t a, b;
@@ -110,7 +144,7 @@ Endpoint *Balancer::pick(const std::string &key, const std::vector<Endpoint *> &
   }
   const int64_t oa = pool[a]->outstanding.load(std::memory_order_relaxed);
   const int64_t ob = pool[b]->outstanding.load(std::memory_order_relaxed);
-  return ob < oa ? pool[b] : pool[a]; // a tie keeps the first random draw: uniform
+  return owned(ob < oa ? pool[b] : pool[a]); // a tie keeps the first random draw: uniform
 }
 
 void Balancer::eject(Endpoint *ep) {
@@ -124,20 +158,17 @@ void Balancer::eject(Endpoint *ep) {
 void Balancer::probe_loop() {
   std::unique_lock<std::mutex> lock(mu_);
   while (!stop_) {
-    const bool any_ejected = std::any_of(endpoints_.begin(), endpoints_.end(),
-                                         [](Endpoint *ep) { return !ep->healthy.load(std::memory_order_relaxed); });
-    if (!any_ejected) {
-      cv_.wait(lock, [&] {
-        return stop_ || std::any_of(endpoints_.begin(), endpoints_.end(),
-                                    [](Endpoint *ep) { return !ep->healthy.load(std::memory_order_relaxed); });
-      });
+    if (!any_ejected(*endpoints())) {
+      cv_.wait(lock, [&] { return stop_ || any_ejected(*endpoints()); });
       continue;
     }
     // Wait one interval after the ejection before the first probe: the failure just happened.
     cv_.wait_for(lock, options_.health_interval, [&] { return stop_; });
     if (stop_) break;
     lock.unlock();
-    for (Endpoint *ep : endpoints_) {
+    // A snapshot: an endpoint dropped from the set meanwhile is probed once more at most.
+    const std::shared_ptr<const EndpointList> list = endpoints();
+    for (const EndpointPtr &ep : *list) {
       if (ep->healthy.load(std::memory_order_relaxed)) continue;
       const auto deadline =
           Clock::now() + std::max<std::chrono::milliseconds>(options_.connect_timeout, std::chrono::milliseconds(100));

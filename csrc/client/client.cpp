@@ -91,7 +91,21 @@ bool valid_encoder_name(const std::string &name) {
 
 } // namespace
 
-Client::State::State(const ClientOptions &opts) : pid(getpid()), options(opts), rng(std::random_device{}()) {
+std::vector<std::string> canonical_endpoints(const std::vector<std::string> &endpoints) {
+  if (endpoints.empty()) {
+    throw ClientError(ClientError::Kind::kInvalid, "", "", 0, "", "jit-embedding client: no endpoints given");
+  }
+  std::vector<std::string> out;
+  for (const std::string &e : endpoints) {
+    auto [host, port] = parse_endpoint(e);
+    std::string name = host + ":" + std::to_string(port);
+    if (std::find(out.begin(), out.end(), name) == out.end()) out.push_back(std::move(name));
+  }
+  return out;
+}
+
+Client::State::State(const ClientOptions &opts, const std::vector<std::string> &initial)
+    : pid(getpid()), options(opts), names(initial), rng(std::random_device{}()) {
   if (!options.local_cache_dir.empty()) {
     cache::CacheSettings s;
     s.memory_max_bytes = options.local_cache_memory_bytes;
@@ -105,13 +119,10 @@ Client::State::State(const ClientOptions &opts) : pid(getpid()), options(opts), 
                         std::string("jit-embedding client: local cache: ") + e.what());
     }
   }
-  std::vector<Endpoint *> raw;
-  for (const std::string &e : options.endpoints) {
-    auto [host, port] = parse_endpoint(e);
-    endpoints.push_back(std::make_unique<Endpoint>(host, port, options));
-    raw.push_back(endpoints.back().get());
-  }
-  balancer = std::make_unique<Balancer>(raw, options);
+  auto list = std::make_shared<EndpointList>();
+  for (const std::string &e : initial)
+    list->push_back(make_endpoint(e));
+  balancer = std::make_unique<Balancer>(std::move(list), options);
   for (size_t i = 0; i < options.workers; ++i) {
     workers.emplace_back([this] {
       std::unique_lock<std::mutex> lock(mu);
@@ -136,8 +147,59 @@ Client::State::~State() {
   cv.notify_all();
   for (auto &t : workers)
     t.join();
-  balancer.reset(); // stops the prober before the endpoints it probes go away
-  endpoints.clear();
+  closing->store(true); // the endpoints still in the set were not removed
+  balancer.reset();     // stops the prober; the endpoints go with their last holder
+}
+
+void RemovedStats::add(const EndpointStats &s) {
+  std::lock_guard<std::mutex> lock(mu);
+  ++count;
+  total.endpoint = "(removed)";
+  total.healthy = false;
+  total.requests += s.requests;
+  total.responses += s.responses;
+  total.failures += s.failures;
+  total.retries += s.retries;
+  total.bytes_sent += s.bytes_sent;
+  total.bytes_received += s.bytes_received;
+  total.connections_opened += s.connections_opened;
+  total.ejections += s.ejections;
+  total.latency_sum_ms += s.latency_sum_ms;
+  for (size_t i = 0; i < total.latency_buckets.size(); ++i)
+    total.latency_buckets[i] += s.latency_buckets[i];
+}
+
+EndpointPtr Client::State::make_endpoint(const std::string &name) {
+  auto [host, port] = parse_endpoint(name);
+  return EndpointPtr(new Endpoint(host, port, options), [removed = removed, closing = closing](Endpoint *ep) {
+    if (!closing->load()) removed->add(ep->snapshot());
+    delete ep;
+  });
+}
+
+void Client::State::set_endpoints(const std::vector<std::string> &next) {
+  std::lock_guard<std::mutex> lock(names_mu);
+  const std::shared_ptr<const EndpointList> current = balancer->endpoints();
+  auto list = std::make_shared<EndpointList>();
+  for (const std::string &name : next) {
+    auto kept =
+        std::find_if(current->begin(), current->end(), [&](const EndpointPtr &ep) { return ep->name() == name; });
+    if (kept != current->end()) {
+      list->push_back(*kept); // its pool, health and counters carry on
+    } else {
+      list->push_back(make_endpoint(name));
+    }
+  }
+  balancer->set_endpoints(std::move(list));
+  names = next;
+}
+
+std::optional<std::vector<std::string>> Client::State::names_for_fork() {
+  // A parent thread inside set_endpoints() at the fork left names_mu locked for good in the child
+  // (and `names` perhaps half written): then the caller falls back to the constructor's list.
+  std::unique_lock<std::mutex> lock(names_mu, std::try_to_lock);
+  if (!lock.owns_lock()) return std::nullopt;
+  return names;
 }
 
 void Client::State::post(std::function<void()> task) {
@@ -154,10 +216,10 @@ Exchange Client::State::call(const std::string &method, const std::string &path,
   const long long deadline_ms = std::chrono::duration_cast<milliseconds>(deadline_sys.time_since_epoch()).count();
   const std::vector<std::pair<std::string, std::string>> headers = {
       {"X-Deadline-Ms", std::to_string(std::max<long long>(0, deadline_ms))}};
-  std::vector<Endpoint *> tried;
+  std::vector<EndpointPtr> tried; // owning: an endpoint dropped from the set stays alive while tried
   std::string last_cause;
   Exchange last;
-  Endpoint *last_ep = nullptr;
+  EndpointPtr last_ep;
 
   auto fail = [&](ClientError::Kind kind, const std::string &why, int n) -> ClientError {
     const std::string where = last_ep ? last_ep->name() : std::string("no endpoint");
@@ -167,7 +229,7 @@ Exchange Client::State::call(const std::string &method, const std::string &path,
   };
 
   for (int attempt = 0;; ++attempt) {
-    Endpoint *ep = balancer->pick(key, tried);
+    const EndpointPtr ep = balancer->pick(key, tried);
     // A 429's Retry-After asks us to stay away from that endpoint; when it is the only choice,
     // wait for it, unless that passes the deadline.
     const auto busy_until = Clock::time_point(std::chrono::nanoseconds(ep->busy_until_ns.load()));
@@ -205,7 +267,7 @@ Exchange Client::State::call(const std::string &method, const std::string &path,
     ep->failures.fetch_add(1, std::memory_order_relaxed);
     last_cause = describe_cause(ex);
     last = std::move(ex);
-    if (last.status == 0 || last.status == 503) balancer->eject(ep);
+    if (last.status == 0 || last.status == 503) balancer->eject(ep.get());
     if (last.status == 429 && last.retry_after_s > 0) {
       const auto until = Clock::now() + std::chrono::seconds(last.retry_after_s);
       ep->busy_until_ns.store(std::chrono::duration_cast<std::chrono::nanoseconds>(until.time_since_epoch()).count());
@@ -218,7 +280,7 @@ Exchange Client::State::call(const std::string &method, const std::string &path,
                  last_cause + "; giving up after the retry limit", attempt + 1);
     }
     if (std::find(tried.begin(), tried.end(), ep) == tried.end()) tried.push_back(ep);
-    if (tried.size() == endpoints.size()) tried.clear(); // every endpoint tried: start over
+    if (tried.size() >= balancer->endpoints()->size()) tried.clear(); // every endpoint tried: start over
 
     // Full jitter: uniform in [0, min(max, base * 2^attempt)].
     const double cap = std::min<double>(static_cast<double>(options.backoff_max.count()),
@@ -261,9 +323,7 @@ Client::Client(ClientOptions options) : options_(std::move(options)) {
   auto invalid = [](const std::string &why) {
     return ClientError(ClientError::Kind::kInvalid, "", "", 0, "", "jit-embedding client: " + why);
   };
-  if (options_.endpoints.empty()) throw invalid("no endpoints given");
-  for (const std::string &e : options_.endpoints)
-    (void)parse_endpoint(e);
+  const std::vector<std::string> endpoints = canonical_endpoints(options_.endpoints);
   if (options_.balancer != "least_outstanding" && options_.balancer != "affinity")
     throw invalid("unknown balancer '" + options_.balancer + "' (expected 'least_outstanding' or 'affinity')");
   if (options_.retries < 0) throw invalid("retries must be >= 0");
@@ -271,7 +331,10 @@ Client::Client(ClientOptions options) : options_(std::move(options)) {
   if (options_.workers == 0) throw invalid("workers must be >= 1");
   if (options_.timeout.count() <= 0) throw invalid("timeout must be positive");
   if (options_.health_interval.count() <= 0) throw invalid("health_interval must be positive");
-  state_.store(new State(options_));
+  if (options_.attempt_timeout.count() < 0) throw invalid("attempt_timeout must be >= 0 (0: until the deadline)");
+  for (const std::string &e : options_.endpoints)
+    options_.tls = options_.tls || e.rfind("https://", 0) == 0;
+  state_.store(new State(options_, endpoints));
 }
 
 Client::~Client() {
@@ -287,8 +350,10 @@ Client::State &Client::state() const {
   s = state_.load(std::memory_order_acquire);
   if (s->pid != getpid()) {
     // The old state is leaked on purpose: its threads are gone, its mutexes may be held by them,
-    // and its sockets are the parent's.
-    s = new State(options_);
+    // and its sockets are the parent's. Its endpoint set (discovery may have changed it) carries
+    // over when it can be read safely.
+    const std::vector<std::string> names = s->names_for_fork().value_or(canonical_endpoints(options_.endpoints));
+    s = new State(options_, names);
     state_.store(s, std::memory_order_release);
   }
   return *s;
@@ -353,11 +418,28 @@ std::string Client::encoders_json(std::optional<std::chrono::system_clock::time_
   return std::move(ex.body);
 }
 
+void Client::set_endpoints(const std::vector<std::string> &endpoints) {
+  state().set_endpoints(canonical_endpoints(endpoints));
+}
+
+std::vector<std::string> Client::endpoints() const {
+  State &s = state();
+  std::vector<std::string> out;
+  for (const EndpointPtr &ep : *s.balancer->endpoints())
+    out.push_back(ep->name());
+  return out;
+}
+
 ClientStats Client::stats() const {
   ClientStats out;
   const State &s = state();
-  for (const auto &ep : s.endpoints)
+  for (const EndpointPtr &ep : *s.balancer->endpoints())
     out.endpoints.push_back(ep->snapshot());
+  {
+    std::lock_guard<std::mutex> lock(s.removed->mu);
+    out.endpoints_removed = s.removed->count;
+    out.removed = s.removed->total;
+  }
   out.rows_local_cache = s.rows_local.load();
   out.rows_server_cache = s.rows_server_cache.load();
   out.rows_computed = s.rows_computed.load();

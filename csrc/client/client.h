@@ -17,7 +17,8 @@
 //   request has not tried yet whenever one is healthy, after a full-jitter exponential backoff
 //   (uniform in [0, min(backoff_max, backoff_base * 2^retry)]); when the only candidate is the 429
 //   endpoint, the retry waits for its Retry-After, and fails at once if that passes the deadline.
-//   Any other status (400, 404, 413, 422, 500, 504) fails at once.
+//   Any other status (400, 404, 413, 422, 500, 504) fails at once. With attempt_timeout set, a
+//   server silent that long is a connection error too, so a hung replica costs one attempt_timeout.
 //
 // Health
 //   An endpoint that fails with a connection error or 503 is ejected: the balancer skips it while
@@ -29,6 +30,13 @@
 //   requests in flight from this client (ties: either). "affinity": rendezvous hashing of the
 //   request key over the healthy endpoints, so a repeated key lands on the same server while the
 //   set is stable (an empty key falls back to least_outstanding).
+//
+// Endpoint set
+//   set_endpoints() replaces the set at runtime (discovery: jit_embedding.client refreshes it from
+//   a registry). An endpoint that stays keeps its connection pool, health and counters; a new one
+//   starts healthy with an empty pool; a removed one leaves the balancer at once, and requests in
+//   flight to it finish there (they hold it) before its connections close. A retry never goes to
+//   a removed endpoint.
 //
 // Fork safety
 //   The client records the pid that created its state. The first call in another process (a
@@ -89,10 +97,16 @@ private:
 };
 
 struct ClientOptions {
-  std::vector<std::string> endpoints;              // "host:port" or "http://host:port"; at least one
-  std::chrono::milliseconds timeout{30000};        // the deadline of a request that gives none
-  int retries = 3;                                 // attempts after the first, for safe failures only
-  std::optional<std::string> auth_token;           // sent as "Authorization: Bearer <token>"
+  std::vector<std::string> endpoints;       // "host:port" or "http://host:port"; at least one
+  std::chrono::milliseconds timeout{30000}; // the deadline of a request that gives none
+  int retries = 3;                          // attempts after the first, for safe failures only
+  std::optional<std::string> auth_token;    // sent as "Authorization: Bearer <token>"
+  // HTTPS to every endpoint (an "https://" endpoint also turns it on). The server's certificate
+  // is verified against tls_ca_file (PEM), or the system's CA store when that is empty, and its
+  // name against the endpoint's host; tls_verify false skips both (testing only).
+  bool tls = false;
+  std::string tls_ca_file;
+  bool tls_verify = true;
   std::string balancer = "least_outstanding";      // or "affinity"
   std::chrono::milliseconds health_interval{1000}; // probe period of ejected endpoints
   std::chrono::milliseconds backoff_base{50};      // full-jitter backoff: base * 2^retry ...
@@ -100,7 +114,12 @@ struct ClientOptions {
   size_t max_connections_per_endpoint = 64;        // requests in flight to one endpoint (more wait for a connection)
   size_t workers = 16;                             // threads running submitted requests
   std::chrono::milliseconds connect_timeout{2000}; // per TCP connect (also capped by the deadline)
-  codec::DecodeOptions decode;                     // applied to every response frame
+  // How long one attempt waits on a silent server (between bytes of its answer) before it fails
+  // as a connection error, is retried on another endpoint and ejects this one; 0: until the
+  // deadline. Set it when a replica may hang (SIGSTOP, a stuck device) and another can answer, and
+  // above the slowest legitimate answer (a full queue plus a batch), or busy replicas count as hung.
+  std::chrono::milliseconds attempt_timeout{0};
+  codec::DecodeOptions decode; // applied to every response frame
 
   // The local cache of submit_rows() (client/cache_first.h): a RocksDB folder that every process
   // of this node may share at once (DataLoader workers, later jobs), behind a per-process LRU.
@@ -143,7 +162,11 @@ struct EndpointStats {
 };
 
 struct ClientStats {
-  std::vector<EndpointStats> endpoints; // in ClientOptions::endpoints order
+  std::vector<EndpointStats> endpoints; // the current set, in endpoints() order
+  // The counters of every endpoint set_endpoints() dropped, summed (endpoint "(removed)"), once
+  // its last request in flight finished: totals over all endpoints never go down.
+  uint64_t endpoints_removed = 0;
+  EndpointStats removed;
   // Rows of submit_rows() by where their outputs came from.
   uint64_t rows_local_cache = 0, rows_server_cache = 0, rows_computed = 0;
 };
@@ -186,7 +209,17 @@ public:
   // body as is, {"encoders": [...]}. Throws ClientError.
   std::string encoders_json(std::optional<std::chrono::system_clock::time_point> deadline = std::nullopt);
 
+  // Replaces the endpoint set (see "Endpoint set" above); `endpoints` as in ClientOptions, in any
+  // order, duplicates (after normalising to "host:port") ignored. Thread-safe; safe while requests
+  // are in flight. In a forked child it changes the child's set only. Throws ClientError kInvalid
+  // for an empty list or a malformed endpoint, and then leaves the set as it was.
+  void set_endpoints(const std::vector<std::string> &endpoints);
+  // The current set, "host:port" each, in the order set_endpoints (or the options) gave.
+  std::vector<std::string> endpoints() const;
+
+  // Counters of the endpoints in the current set (a removed endpoint's counters go with it).
   ClientStats stats() const;
+  // The options as constructed (their `endpoints` is the initial set; see endpoints()).
   const ClientOptions &options() const { return options_; }
 
   struct State; // per-process state: pools, balancer, workers (client.cpp)

@@ -86,10 +86,17 @@ private:
   size_t open_ = 0; // connections idle or lent
 };
 
+using EndpointPtr = std::shared_ptr<Endpoint>;
+using EndpointList = std::vector<EndpointPtr>;
+
 // Picks endpoints and keeps their health (see client.h, "Balancing" and "Health").
+//
+// The endpoint set is an immutable list swapped whole by set_endpoints(): a pick copies the
+// current list's pointer under a mutex and works on that snapshot, so a request holds the
+// Endpoint it is talking to (shared ownership) even after the set dropped it.
 class Balancer {
 public:
-  Balancer(std::vector<Endpoint *> endpoints, const ClientOptions &options);
+  Balancer(std::shared_ptr<const EndpointList> endpoints, const ClientOptions &options);
   ~Balancer(); // stops the health thread
   Balancer(const Balancer &) = delete;
   Balancer &operator=(const Balancer &) = delete;
@@ -97,18 +104,25 @@ public:
   // The endpoint for the next attempt of a request with `key`: among healthy endpoints not in
   // `tried` and not busy (429), by the balancing policy; failing that, healthy ones; failing that,
   // any. Never null.
-  Endpoint *pick(const std::string &key, const std::vector<Endpoint *> &tried);
+  EndpointPtr pick(const std::string &key, const std::vector<EndpointPtr> &tried);
 
   // Marks `ep` unhealthy after a connection error or 503, and wakes the prober.
   void eject(Endpoint *ep);
 
+  // The current set (a snapshot: later set_endpoints() calls do not change it).
+  std::shared_ptr<const EndpointList> endpoints() const;
+  // Replaces the set (never empty) and wakes the prober, which probes only the new set.
+  void set_endpoints(std::shared_ptr<const EndpointList> endpoints);
+
 private:
   void probe_loop();
-  std::vector<Endpoint *> candidates(const std::vector<Endpoint *> &tried, bool need_idle);
+  static std::vector<Endpoint *> candidates(const EndpointList &all, const std::vector<EndpointPtr> &tried,
+                                            bool need_idle);
 
-  std::vector<Endpoint *> endpoints_;
   const ClientOptions &options_;
   bool affinity_;
+  mutable std::mutex list_mu_; // guards list_ (the pointer, not the immutable list)
+  std::shared_ptr<const EndpointList> list_;
   std::mutex rng_mu_;
   std::mt19937_64 rng_;
   std::mutex mu_; // guards stop_ and wakes the prober
@@ -117,11 +131,30 @@ private:
   std::thread prober_;
 };
 
+// The summed counters of endpoints that left the set (ClientStats::removed). Shared with the
+// deleter of every Endpoint, which adds the endpoint's final counters when its last holder (the
+// set, a request in flight, the prober) lets go.
+struct RemovedStats {
+  std::mutex mu;
+  uint64_t count = 0;
+  EndpointStats total;
+  void add(const EndpointStats &s);
+};
+
 // What one process owns. In a forked child the parent's State is leaked untouched and a new one
 // is built (Client::state()).
 struct Client::State {
-  explicit State(const ClientOptions &options);
+  // Connects nothing yet; `endpoints` are the initial set (validated names).
+  State(const ClientOptions &options, const std::vector<std::string> &endpoints);
   ~State();
+
+  // Client::set_endpoints() in this process: keeps the Endpoint (pool, health, counters) of
+  // every name that stays, makes new ones, and drops the rest from the set (their requests in
+  // flight finish on the Endpoint they hold). `names` are validated and non-empty.
+  void set_endpoints(const std::vector<std::string> &names);
+  // The endpoint names now, for a forked child's new State: read only if no thread of the
+  // parent held names_mu at the fork (try_lock), else nullopt.
+  std::optional<std::vector<std::string>> names_for_fork();
 
   void post(std::function<void()> task);
   // The retry loop (client.h, "Retries"): the first 200 exchange, or throws ClientError.
@@ -137,10 +170,17 @@ struct Client::State {
   std::optional<std::string> fresh_version(const std::string &encoder);
   void confirm_version(const std::string &encoder, const std::string &version);
 
+  // A new Endpoint whose deleter records its counters in `removed` (unless the State is going
+  // away: then nothing is reported any more).
+  EndpointPtr make_endpoint(const std::string &name);
+
   const pid_t pid;
   const ClientOptions &options;
-  std::vector<std::unique_ptr<Endpoint>> endpoints;
-  std::unique_ptr<Balancer> balancer;
+  std::shared_ptr<RemovedStats> removed = std::make_shared<RemovedStats>();
+  std::shared_ptr<std::atomic<bool>> closing = std::make_shared<std::atomic<bool>>(false);
+  std::mutex names_mu; // serializes set_endpoints(); guards names
+  std::vector<std::string> names;
+  std::unique_ptr<Balancer> balancer; // owns the endpoint set
 
   std::mutex mu; // guards tasks and stop
   std::condition_variable cv;
@@ -162,7 +202,12 @@ struct Client::State {
 // 64-bit FNV-1a followed by a murmur finaliser: the rendezvous score of (key, endpoint).
 uint64_t rendezvous_score(const std::string &key, const std::string &endpoint);
 
-// Parses "host:port" or "http://host:port[/]" into host and port; throws ClientError kInvalid.
+// Parses "host:port", "http://host:port[/]" or "https://host:port[/]" into host and port; throws
+// ClientError kInvalid.
 std::pair<std::string, int> parse_endpoint(const std::string &endpoint);
+
+// The endpoints' canonical "host:port" names in first-seen order, duplicates dropped; throws
+// ClientError kInvalid for an empty list or a malformed endpoint.
+std::vector<std::string> canonical_endpoints(const std::vector<std::string> &endpoints);
 
 } // namespace jit::client

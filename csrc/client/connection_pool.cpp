@@ -1,6 +1,7 @@
 // Endpoint: a pool of keep-alive httplib connections to one server, and one HTTP exchange on it.
 //
-// A connection is an httplib::ClientImpl with keep-alive and TCP_NODELAY. A request borrows one
+// A connection is an httplib::ClientImpl (an SSLClient with ClientOptions::tls) with keep-alive
+// and TCP_NODELAY. A request borrows one
 // (the most recently returned: its socket is the likeliest to be open still), sends, and returns
 // it; at most max_connections_per_endpoint exist at once, so extra requests wait for one.
 #include <httplib.h>
@@ -34,6 +35,7 @@ int parse_retry_after(const httplib::Response &res) {
 std::pair<std::string, int> parse_endpoint(const std::string &endpoint) {
   std::string s = endpoint;
   if (s.rfind("http://", 0) == 0) s = s.substr(7);
+  if (s.rfind("https://", 0) == 0) s = s.substr(8); // ClientOptions::tls says how to speak to it
   while (!s.empty() && s.back() == '/')
     s.pop_back();
   const size_t colon = s.rfind(':');
@@ -41,7 +43,8 @@ std::pair<std::string, int> parse_endpoint(const std::string &endpoint) {
     return ClientError(ClientError::Kind::kInvalid, endpoint, "", 0, "",
                        "jit-embedding client: bad endpoint '" + endpoint + "': " + why);
   };
-  if (colon == std::string::npos || colon == 0) throw invalid("expected host:port or http://host:port");
+  if (colon == std::string::npos || colon == 0)
+    throw invalid("expected host:port, http://host:port or https://host:port");
   if (s.find('/') != std::string::npos) throw invalid("a path is not allowed");
   const std::string port_str = s.substr(colon + 1);
   char *end = nullptr;
@@ -58,7 +61,16 @@ Endpoint::Endpoint(std::string host, int port, const ClientOptions &options)
 Endpoint::~Endpoint() = default;
 
 std::unique_ptr<httplib::ClientImpl> Endpoint::make_connection() {
-  auto c = std::make_unique<httplib::ClientImpl>(host_, port_);
+  std::unique_ptr<httplib::ClientImpl> c;
+  if (options_.tls) {
+    auto tls = std::make_unique<httplib::SSLClient>(host_, port_);
+    if (!options_.tls_ca_file.empty()) tls->set_ca_cert_path(options_.tls_ca_file.c_str());
+    // Verification covers the chain and, in httplib, that the certificate names host_.
+    tls->enable_server_certificate_verification(options_.tls_verify);
+    c = std::move(tls);
+  } else {
+    c = std::make_unique<httplib::ClientImpl>(host_, port_);
+  }
   c->set_keep_alive(true);
   c->set_tcp_nodelay(true);
   c->set_follow_location(false);
@@ -103,11 +115,17 @@ Exchange Endpoint::send(const std::string &method, const std::string &path, cons
       out.error = "the deadline passed before sending";
       break;
     }
+    // attempt_timeout bounds how long this attempt waits on a silent server (one stopped, or hung)
+    // before the request moves on to another endpoint, instead of waiting out its whole deadline.
+    const auto attempt = std::chrono::duration_cast<std::chrono::microseconds>(options_.attempt_timeout);
+    const bool bounded = attempt.count() > 0 && attempt < left;
     auto [cs, cu] = sec_usec(std::min<std::chrono::microseconds>(left, options_.connect_timeout));
-    auto [rs, ru] = sec_usec(left);
+    const auto wait = bounded ? attempt : left;
+    auto [rs, ru] = sec_usec(wait);
     conn->set_connection_timeout(cs, cu);
     conn->set_read_timeout(rs, ru);
     conn->set_write_timeout(rs, ru);
+    const auto sent_at = Clock::now();
     httplib::Result res = method == "GET" ? conn->Get(path.c_str(), hdrs)
                                           : conn->Post(path.c_str(), hdrs, body, "application/octet-stream");
     if (res) {
@@ -124,6 +142,13 @@ Exchange Endpoint::send(const std::string &method, const std::string &path, cons
     if (err == httplib::Error::ConnectionTimeout) out.error = "connect timed out";
     if (err == httplib::Error::Read) out.error = "connection closed or read timed out";
     if (err == httplib::Error::Write) out.error = "write failed (connection closed?)";
+    if ((err == httplib::Error::Read || err == httplib::Error::Write) && Clock::now() - sent_at >= wait) {
+      // The server was silent all along, not a stale socket: say so, and no second try on a fresh one.
+      out.error = bounded
+                      ? "no answer within attempt_timeout (" + std::to_string(options_.attempt_timeout.count()) + " ms)"
+                      : std::string("no answer before the deadline");
+      break;
+    }
     if (!(was_open && (err == httplib::Error::Read || err == httplib::Error::Write))) break;
     conn = make_connection(); // drop the stale one (it closes its socket)
   }

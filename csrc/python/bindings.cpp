@@ -49,9 +49,14 @@ PYBIND11_MODULE(_C, m) {
 
   // ---- server (jit-embedding serve)
   py::class_<python::PyApp>(m, "App", "The C++ server hosted in-process; see jit_embedding.serve.Server.")
-      .def(py::init<const std::string &, py::object, std::optional<std::string>, std::optional<int>>(),
-           "Read a YAML config; loader(entry) builds Python factory encoders.", py::arg("config_path"),
-           py::arg("loader"), py::arg("host") = py::none(), py::arg("port") = py::none())
+      .def(py::init<const std::string &, py::object, std::optional<std::string>, std::optional<int>, bool,
+                    std::optional<std::string>, std::optional<std::string>, std::optional<std::string>,
+                    std::optional<std::string>>(),
+           "Read a YAML config (flags override it); loader(entry) builds Python factory encoders.",
+           py::arg("config_path"), py::arg("loader"), py::arg("host") = py::none(), py::arg("port") = py::none(),
+           py::arg("allow_public") = false, py::arg("auth_token_file") = py::none(),
+           py::arg("admin_token_file") = py::none(), py::arg("tls_cert_file") = py::none(),
+           py::arg("tls_key_file") = py::none())
       .def("start", &python::PyApp::start, "Load every encoder, start serving, return the port.")
       .def("drain", &python::PyApp::drain, "Stop admitting, finish in-flight work; True if all finished in time.")
       .def("wait", &python::PyApp::wait, "Wait up to timeout_s for the server to stop; True once stopped.",
@@ -72,13 +77,15 @@ PYBIND11_MODULE(_C, m) {
            py::arg("timeout_s") = py::none());
   py::class_<python::PyClient>(m, "Client", "The native client; see jit_embedding.client.EmbeddingClient.")
       .def(py::init<std::vector<std::string>, double, int, std::optional<std::string>, std::string, double, double,
-                    double, size_t, size_t, double, std::string, uint64_t, uint64_t, double>(),
+                    double, size_t, size_t, double, std::string, uint64_t, uint64_t, double, std::string, bool,
+                    double>(),
            "Options as in csrc/client/client.h, durations in seconds.", py::arg("endpoints"), py::arg("timeout_s"),
            py::arg("retries"), py::arg("auth_token"), py::arg("balancer"), py::arg("health_interval_s"),
            py::arg("backoff_base_s"), py::arg("backoff_max_s"), py::arg("max_connections_per_endpoint"),
            py::arg("workers"), py::arg("connect_timeout_s"), py::arg("local_cache_dir") = "",
            py::arg("local_cache_max_bytes") = uint64_t{16} << 30,
-           py::arg("local_cache_memory_bytes") = uint64_t{256} << 20, py::arg("local_cache_version_ttl_s") = 1.0)
+           py::arg("local_cache_memory_bytes") = uint64_t{256} << 20, py::arg("local_cache_version_ttl_s") = 1.0,
+           py::arg("tls_ca_file") = "", py::arg("tls_verify") = true, py::arg("attempt_timeout_s") = 0.0)
       .def("submit_rows", &python::PyClient::submit_rows, "Submit rows cache-first (csrc/client/cache_first.h).",
            py::arg("encoder"), py::arg("rows"), py::arg("keys"), py::arg("params"), py::arg("token_inputs"),
            py::arg("seq_outputs"), py::arg("max_batch_size"), py::arg("cache"), py::arg("affinity_key"),
@@ -88,7 +95,9 @@ PYBIND11_MODULE(_C, m) {
            py::arg("encoder"), py::arg("frame"), py::arg("key"), py::arg("deadline"))
       .def("encoders_json", &python::PyClient::encoders_json, "GET /v1/encoders from a healthy endpoint.",
            py::arg("deadline") = py::none())
-      .def("stats", &python::PyClient::stats, "Per-endpoint counters and latency histogram.");
+      .def("stats", &python::PyClient::stats, "Per-endpoint counters and latency histogram.")
+      .def("set_endpoints", &python::PyClient::set_endpoints, "Replace the endpoint set; returns it.",
+           py::arg("endpoints"));
 
   // ---- runtime
   m.def("parallel_threads", &parallel_threads, "Threads the native pool uses (JIT_NUM_THREADS or the core count).");

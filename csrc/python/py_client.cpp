@@ -75,7 +75,8 @@ PyClient::PyClient(std::vector<std::string> endpoints, double timeout_s, int ret
                    std::optional<std::string> auth_token, std::string balancer, double health_interval_s,
                    double backoff_base_s, double backoff_max_s, size_t max_connections_per_endpoint, size_t workers,
                    double connect_timeout_s, std::string local_cache_dir, uint64_t local_cache_max_bytes,
-                   uint64_t local_cache_memory_bytes, double local_cache_version_ttl_s) {
+                   uint64_t local_cache_memory_bytes, double local_cache_version_ttl_s, std::string tls_ca_file,
+                   bool tls_verify, double attempt_timeout_s) {
   client::ClientOptions o;
   o.endpoints = std::move(endpoints);
   o.timeout = ms(timeout_s);
@@ -88,10 +89,13 @@ PyClient::PyClient(std::vector<std::string> endpoints, double timeout_s, int ret
   o.max_connections_per_endpoint = max_connections_per_endpoint;
   o.workers = workers;
   o.connect_timeout = ms(connect_timeout_s);
+  o.attempt_timeout = ms(attempt_timeout_s);
   o.local_cache_dir = std::move(local_cache_dir);
   o.local_cache_max_bytes = local_cache_max_bytes;
   o.local_cache_memory_bytes = local_cache_memory_bytes;
   o.local_cache_version_ttl = ms(local_cache_version_ttl_s);
+  o.tls_ca_file = std::move(tls_ca_file);
+  o.tls_verify = tls_verify;
   client_ = std::make_unique<client::Client>(std::move(o));
 }
 
@@ -185,9 +189,16 @@ std::string PyClient::encoders_json(std::optional<double> deadline) {
   return client_->encoders_json(to_deadline(deadline));
 }
 
+std::vector<std::string> PyClient::set_endpoints(const std::vector<std::string> &endpoints) {
+  py::gil_scoped_release nogil;
+  client_->set_endpoints(endpoints);
+  return client_->endpoints();
+}
+
 py::dict PyClient::stats() const {
   client::ClientStats s = client_->stats();
   py::dict out;
+  if (s.endpoints_removed > 0) s.endpoints.push_back(s.removed); // the "(removed)" row
   for (const auto &e : s.endpoints) {
     py::dict d;
     d["requests"] = e.requests;

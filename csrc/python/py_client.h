@@ -55,7 +55,8 @@ public:
   PyClient(std::vector<std::string> endpoints, double timeout_s, int retries, std::optional<std::string> auth_token,
            std::string balancer, double health_interval_s, double backoff_base_s, double backoff_max_s,
            size_t max_connections_per_endpoint, size_t workers, double connect_timeout_s, std::string local_cache_dir,
-           uint64_t local_cache_max_bytes, uint64_t local_cache_memory_bytes, double local_cache_version_ttl_s);
+           uint64_t local_cache_max_bytes, uint64_t local_cache_memory_bytes, double local_cache_version_ttl_s,
+           std::string tls_ca_file, bool tls_verify, double attempt_timeout_s);
   // Copies every row's inputs ((name, dtype, shape, buffer) items, each [1, ...]) and submits
   // them cache-first (client/cache_first.h). `token_inputs`: name -> (seq_dim, pad_value);
   // `seq_outputs`: name -> seq_dim; `max_batch_size`: rows per encode request (0: any); `cache`: "use", "refresh" or
@@ -71,8 +72,12 @@ public:
                         std::optional<double> deadline);
   // GET /v1/encoders, GIL released.
   std::string encoders_json(std::optional<double> deadline);
+  // Replaces the endpoint set (client::Client::set_endpoints), GIL released; raises ClientError
+  // for an empty list or a malformed endpoint. Returns the set now ("host:port" each).
+  std::vector<std::string> set_endpoints(const std::vector<std::string> &endpoints);
   // {endpoint: {requests, responses, failures, retries, bytes_sent, bytes_received,
-  //  connections_opened, ejections, outstanding, healthy, latency_sum_s, latency_buckets}}
+  //  connections_opened, ejections, outstanding, healthy, latency_sum_s, latency_buckets}}, plus
+  // a "(removed)" row summing the endpoints set_endpoints() dropped, once there are any.
   py::dict stats() const;
 
 private:
