@@ -7,6 +7,7 @@ Subcommands arrive with the layers they drive; today:
     jit-embedding cache ...          warm, inspect and prune the servers' embedding caches (docs/cache.md)
     jit-embedding export ...         export an encoder into an artifact folder (docs/export.md)
     jit-embedding serve --config F   run the server in this process, with Python factories (docs/serving.md)
+    jit-embedding ray ...            run the servers on a Ray cluster under Ray Serve (docs/ray.md)
     jit-embedding version            print the package, torch and native-core versions
 """
 
@@ -21,6 +22,7 @@ import warnings
 from pathlib import Path
 
 from jit_embedding import _C, __version__, bench_cli, cache_cli, codec
+from jit_embedding.ray import cli as ray_cli
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -182,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.set_defaults(func=_cmd_serve)
     bench_cli.add_parser(sub)
     cache_cli.add_parser(sub)
+    ray_cli.add_parser(sub)
     ver = sub.add_parser("version", help="print versions")
     ver.set_defaults(func=_cmd_version)
     return p

