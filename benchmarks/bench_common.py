@@ -1,5 +1,5 @@
 """What the benchmark scripts share: loading one script (or the demo) from another as a module,
-finding the built binaries, a free loopback port, and the result tables."""
+finding the built binaries, a free loopback port, a process's memory, and the result tables."""
 
 from __future__ import annotations
 
@@ -41,6 +41,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def proc_status_kib(pid: int) -> dict[str, int]:
+    """VmRSS (resident now) and VmHWM (peak resident) of process `pid`, in KiB, from /proc/<pid>/status."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0])
+    return out
 
 
 def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:

@@ -197,6 +197,7 @@ struct TierMetrics {
   // The stats of a tier named `tier` with these counters; entries and bytes are the tier's to fill.
   TierStats stats(const std::string &tier) const;
   metrics::Counter &hits, &misses, &evictions, &corrupt;
+  metrics::Counter &write_errors; // writes the tier could not store (a full disk, Redis down): later misses
   metrics::Gauge &bytes;
 };
 

@@ -2,7 +2,9 @@
 // and what the RocksDB tiers (rocksdb_tier.cpp, shared_rocksdb_tier.cpp) have in common.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -14,7 +16,8 @@
 #include <rocksdb/rocksdb_namespace.h>
 namespace ROCKSDB_NAMESPACE {
 class DB;
-}
+class Logger;
+} // namespace ROCKSDB_NAMESPACE
 #endif
 
 namespace jit::cache::internal {
@@ -69,6 +72,17 @@ inline std::optional<CacheKey> key_from_bytes(std::string_view bytes) {
 // prune.
 PruneResult prune_rocksdb(const std::vector<ROCKSDB_NAMESPACE::DB *> &dbs, const PruneSpec &spec, TierMetrics &metrics,
                           std::vector<uint64_t> *bytes_left);
+
+// RocksDB's own log for Options::info_log: WARN and above, one stderr line each, after `prefix`.
+// Never a LOG file in the cache folder: when that disk fills, librocksdb 7.8 as Debian builds it
+// (assertions on) aborts the whole process on the first log line after a failed LOG write
+// (WritableFileWriter::AssertFalseAndGetStatusForPrevError), and a full disk must only cost writes.
+std::shared_ptr<ROCKSDB_NAMESPACE::Logger> stderr_logger(std::string prefix);
+
+// Counts a failed write in metrics.write_errors and says so on stderr once per run of failures
+// (`failing` remembers the run; a later success ends it, with one more line). `what` names the store.
+void note_write(bool ok, const std::string &status, const std::string &what, TierMetrics &metrics,
+                std::atomic<bool> &failing);
 #endif
 
 } // namespace jit::cache::internal

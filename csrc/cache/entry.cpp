@@ -169,6 +169,9 @@ TierMetrics::TierMetrics(metrics::Registry &r, const std::string &tier)
       evictions(r.counter("jit_cache_evictions_total", "Entries evicted or pruned by tier", {{"tier", tier}})),
       corrupt(r.counter("jit_cache_corrupt_total", "Corrupted, truncated or misplaced entries found, by tier",
                         {{"tier", tier}})),
+      write_errors(r.counter("jit_cache_write_errors_total",
+                             "Cache writes a tier failed to store (full disk, unreachable Redis), by tier",
+                             {{"tier", tier}})),
       bytes(r.gauge("jit_cache_bytes", "Bytes held by tier (approximate for rocksdb)", {{"tier", tier}})) {}
 
 TierStats TierMetrics::stats(const std::string &tier) const {

@@ -136,12 +136,13 @@ public:
     std::string k = settings_.redis_key_prefix + key.hex();
     std::string ttl = std::to_string(settings_.redis_ttl_s);
     const std::string &v = *entry.frame();
-    with_connection([&](redisContext *c) {
+    const bool stored = with_connection([&](redisContext *c) {
       const char *argv[] = {"SET", k.c_str(), v.data(), "EX", ttl.c_str()};
       size_t lens[] = {3, k.size(), v.size(), 2, ttl.size()};
       Reply rep(redisCommandArgv(c, settings_.redis_ttl_s > 0 ? 5 : 3, argv, lens));
       return rep.r != nullptr;
     });
+    if (!stored) metrics_.write_errors.inc(); // down or failing: the outage is logged once, in mark_down_locked()
   }
 
   void erase(const CacheKey &key) override {

@@ -4,18 +4,27 @@
 // one scan reads every entry's meta (its envelope only) and deletes the oldest until the rest fit in
 // rocksdb_prune_to_fraction of the limit, so scans are rare. The byte count starts from RocksDB's
 // own size estimate at open and is exact after each scan; in between it counts the bytes written.
+//
+// A write that fails (a full disk) is a later miss, counted in jit_cache_write_errors_total and
+// reported on stderr; reads go on. RocksDB then refuses writes until its SstFileManager sees enough
+// free space again (it wants 64 MiB) and clears the error by itself. RocksDB's own log goes to
+// stderr, not to a LOG file on the same disk (see internal::stderr_logger).
 #include "cache/cache.h"
 
 #ifdef JIT_HAVE_ROCKSDB
 
 #include <algorithm>
 #include <atomic>
+#include <cstdarg>
+#include <cstdio>
+#include <filesystem>
 #include <map>
 #include <mutex>
 #include <vector>
 
 #include <rocksdb/cache.h>
 #include <rocksdb/db.h>
+#include <rocksdb/env.h>
 #include <rocksdb/table.h>
 
 #include "cache/cache_internal.h"
@@ -78,6 +87,44 @@ PruneResult prune_rocksdb(const std::vector<rocksdb::DB *> &dbs, const PruneSpec
   return res;
 }
 
+namespace {
+
+class StderrLogger final : public rocksdb::Logger {
+public:
+  explicit StderrLogger(std::string prefix)
+      : rocksdb::Logger(rocksdb::InfoLogLevel::WARN_LEVEL), prefix_(std::move(prefix)) {}
+  using rocksdb::Logger::Logv;
+  void Logv(const char *format, va_list ap) override {
+    char line[1024];
+    std::vsnprintf(line, sizeof line, format, ap);
+    std::fprintf(stderr, "%s%s\n", prefix_.c_str(), line); // one call: lines of two threads never mix
+  }
+
+private:
+  std::string prefix_;
+};
+
+} // namespace
+
+std::shared_ptr<rocksdb::Logger> stderr_logger(std::string prefix) {
+  return std::make_shared<StderrLogger>(std::move(prefix));
+}
+
+void note_write(bool ok, const std::string &status, const std::string &what, TierMetrics &metrics,
+                std::atomic<bool> &failing) {
+  if (ok) {
+    if (failing.exchange(false)) std::fprintf(stderr, "jit-embedding cache: %s: writes succeed again\n", what.c_str());
+    return;
+  }
+  metrics.write_errors.inc();
+  if (!failing.exchange(true)) {
+    std::fprintf(stderr,
+                 "jit-embedding cache: warning: %s: a write failed (%s); entries are not stored there until "
+                 "writes succeed again (counted in jit_cache_write_errors_total); reads go on\n",
+                 what.c_str(), status.c_str());
+  }
+}
+
 } // namespace internal
 
 namespace {
@@ -93,6 +140,9 @@ public:
     rocksdb::BlockBasedTableOptions table;
     table.block_cache = rocksdb::NewLRUCache(s.rocksdb_block_cache_bytes);
     options.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
+    options.info_log = internal::stderr_logger("jit-embedding cache: rocksdb " + s.rocksdb_path + ": ");
+    std::error_code ec;
+    std::filesystem::create_directories(s.rocksdb_path, ec); // else RocksDB logs an error for the missing folder
     rocksdb::DB *db = nullptr;
     rocksdb::Status st = rocksdb::DB::Open(options, s.rocksdb_path, &db);
     if (!st.ok()) throw CacheError("cannot open the RocksDB cache at '" + s.rocksdb_path + "': " + st.ToString());
@@ -128,6 +178,7 @@ public:
   void put(const CacheKey &key, const Entry &entry) override {
     const std::string &frame = *entry.frame();
     rocksdb::Status st = db_->Put(rocksdb::WriteOptions(), key_bytes(key), rocksdb::Slice(frame.data(), frame.size()));
+    internal::note_write(st.ok(), st.ok() ? "" : st.ToString(), where_, metrics_, write_failing_);
     if (!st.ok()) return; // a failed write is a later miss
     uint64_t now = bytes_.fetch_add(frame.size() + 16) + frame.size() + 16;
     metrics_.bytes.set(static_cast<double>(now));
@@ -200,6 +251,8 @@ private:
   TierMetrics metrics_;
   std::unique_ptr<rocksdb::DB> db_;
   std::atomic<uint64_t> bytes_{0};
+  const std::string where_ = "rocksdb at " + settings_.rocksdb_path;
+  std::atomic<bool> write_failing_{false}; // since the last failed write, until one succeeds
   std::mutex prune_mu_;
 };
 

@@ -235,6 +235,8 @@ public:
     primary_options_.keep_log_file_num = 2;
     primary_options_.stats_dump_period_sec = 0;
     primary_options_.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
+    // Not a LOG file per slot: a full disk would abort the process (internal::stderr_logger).
+    primary_options_.info_log = internal::stderr_logger("jit-embedding cache: rocksdb " + dir_ + ": ");
     secondary_options_ = primary_options_;
     secondary_options_.create_if_missing = false;
     secondary_options_.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL; // each catch-up logs at INFO
@@ -323,8 +325,10 @@ public:
   void put(const CacheKey &key, const Entry &entry) {
     if (!own_) return; // reading only: the write is dropped
     const std::string &frame = *entry.frame();
-    if (!own_->Put(rocksdb::WriteOptions(), key_bytes(key), rocksdb::Slice(frame.data(), frame.size())).ok())
-      return; // a failed write is a later miss
+    const rocksdb::Status st =
+        own_->Put(rocksdb::WriteOptions(), key_bytes(key), rocksdb::Slice(frame.data(), frame.size()));
+    internal::note_write(st.ok(), st.ok() ? "" : st.ToString(), "rocksdb at " + dir_, metrics_, write_failing_);
+    if (!st.ok()) return; // a failed write is a later miss
     forget_erasure(key);
     own_bytes_ += frame.size() + 16;
     publish_bytes(own_fd_, own_bytes_.load());
@@ -609,6 +613,7 @@ private:
   std::unique_ptr<rocksdb::DB> own_;
   std::string readers_dir_; // empty: no secondaries
   std::atomic<uint64_t> own_bytes_{0}, others_bytes_{0};
+  std::atomic<bool> write_failing_{false}; // since the last failed write, until one succeeds
   std::atomic<size_t> slot_count_{1};
 
   mutable std::shared_mutex readers_mu_; // guards readers_ (added to under refresh_mu_, never removed)
