@@ -136,6 +136,15 @@ bool is_loopback_host(const std::string &host) {
   return loopback;
 }
 
+// We serve no byte ranges: a server may ignore Range (RFC 9110 14.2; it must for methods other
+// than GET), and httplib would otherwise slice every answer, error JSON and frames included, into
+// a 206 or a multipart/byteranges (found by fuzz_http). httplib parses the header into req.ranges
+// before any handler runs and hands handlers the request as const, but the object itself is not
+// const (a local of httplib's request loop), so clearing it here is well defined.
+void ignore_ranges(const httplib::Request &req) {
+  const_cast<httplib::Request &>(req).ranges.clear();
+}
+
 // httplib adds these to every request it parses; they did not come from the client.
 bool synthetic_header(const std::string &key) {
   return key == "REMOTE_ADDR" || key == "REMOTE_PORT" || key == "LOCAL_ADDR" || key == "LOCAL_PORT";
@@ -263,6 +272,7 @@ void HttpServer::install_routes() {
   // empty body; ours already carry a JSON body and pass through untouched.
   http_->set_error_handler(
       httplib::Server::HandlerWithResponse([this, send_error](const httplib::Request &req, httplib::Response &res) {
+        ignore_ranges(req); // a request refused before routing (a 416 for a bad Range, say)
         if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
         send_error(res, ServerError(code_for_httplib_status(res.status),
                                     httplib_error_message(res.status, req, settings_.max_body_bytes)));
@@ -282,6 +292,7 @@ void HttpServer::install_routes() {
   // Before any route: the header size limit, then the credentials. A refused request's body is
   // not read; the response closes the connection so the unread bytes never parse as a request.
   http_->set_pre_routing_handler([this, send_error](const httplib::Request &req, httplib::Response &res) {
+    ignore_ranges(req);
     try {
       if (header_bytes(req) > settings_.max_header_bytes) {
         throw ServerError(Code::kHeaderTooLarge,

@@ -21,6 +21,11 @@ function(jit_fuzz_target name source corpus)
 endfunction()
 
 jit_fuzz_target(fuzz_decode tests/cpp/codec/fuzz_decode.cpp tests/cpp/codec/fuzz_corpus jit_codec)
+# The server's request handling: raw HTTP bytes through HttpServer::handle_raw() of one App (plain
+# C++ encoders from server/counting_executors.h, the memory cache, bearer tokens); no socket.
+# zlib and brotli (Debian's httplib depends on both) decode the answers httplib compresses.
+jit_fuzz_target(fuzz_http tests/cpp/server/fuzz_http.cpp tests/cpp/server/fuzz_http_corpus jit_server yaml-cpp z
+                brotlidec)
 
 if(JIT_BUILD_TESTS)
   find_package(GTest REQUIRED)
@@ -69,7 +74,7 @@ endif()
 if(JIT_BUILD_TESTS)
   add_executable(test_server tests/cpp/server/test_errors.cpp tests/cpp/server/test_http_server.cpp
     tests/cpp/server/test_encode_handler.cpp tests/cpp/server/test_config.cpp tests/cpp/server/test_app.cpp
-    tests/cpp/server/test_cache_service.cpp tests/cpp/common/test_trace.cpp)
+    tests/cpp/server/test_cache_service.cpp tests/cpp/server/test_auth.cpp tests/cpp/common/test_trace.cpp)
   target_include_directories(test_server PRIVATE ${MSGPACK_INCLUDE_DIR})
   target_compile_definitions(test_server PRIVATE MSGPACK_NO_BOOST)
   # httplib's client drives the server over loopback; its flags must match the library's (see
@@ -101,7 +106,7 @@ endif()
 # real in-process servers (HttpServer with a scriptable echo hook, and App with the engine's
 # AffineExecutor) on 127.0.0.1.
 if(JIT_BUILD_TESTS)
-  add_executable(test_client tests/cpp/client/test_client.cpp)
+  add_executable(test_client tests/cpp/client/test_client.cpp tests/cpp/client/test_client_endpoints.cpp)
   target_link_libraries(test_client PRIVATE jit_client jit_server GTest::gtest_main)
   gtest_discover_tests(test_client DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
 endif()

@@ -203,7 +203,8 @@ TEST(Config, ErrorsNameTheKeyPath) {
       {"server:\n  port: 1\n  port: 2\n", "server.port: given twice"},
   };
   for (const auto &[yaml, want] : cases) {
-    const ServerError e = error_of([&] { parse_config(yaml, "/base"); });
+    // C++17 lambdas cannot capture a structured binding (clang refuses): an init-capture can.
+    const ServerError e = error_of([&, &text = yaml] { parse_config(text, "/base"); });
     EXPECT_EQ(e.code(), Code::kBadRequest) << yaml;
     EXPECT_EQ(std::string(e.what()).rfind(want, 0), 0u) << "config:\n"
                                                         << yaml << "\nwant: " << want << "\ngot:  " << e.what();
@@ -394,7 +395,7 @@ TEST(LoadRequest, MalformedBodiesAre400) {
       {R"({"max_batch_size": 4})", "body: 'artifact' is required to load a new encoder"},
   };
   for (const auto &[body, want] : cases) {
-    const ServerError e = error_of([&] { parse_load_request(body, "new", fresh, r.root.string()); });
+    const ServerError e = error_of([&, &text = body] { parse_load_request(text, "new", fresh, r.root.string()); });
     EXPECT_EQ(e.code(), Code::kBadRequest) << body << ": " << e.what();
     EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << "body: " << body << "\ngot: " << e.what();
   }
