@@ -100,7 +100,9 @@ private:
   std::string version_ = "tokens-v1";
 };
 
-// The factory: options {"kind": "tokens"} or {"scale": s}.
+// The factory: an entry's options {"kind": "tokens"} make a CountingTokens, {"scale": s} a
+// CountingAffine; both count into `counts`, which must outlive every executor made. Throws
+// YAML::Exception for options that are not JSON or lack a float scale (App answers a failed load).
 ExecutorFactory counting_factory(Counts *counts) {
   return [counts](const EncoderEntry &e) -> std::shared_ptr<executor::Executor> {
     const YAML::Node options = YAML::Load(e.options_json);

@@ -2,8 +2,9 @@
 //
 // Each input is one HTTP/1.1 request (request line, headers, body), run through
 // HttpServer::handle_raw() of one App built once: httplib's real parsing (request lines, headers,
-// chunked bodies, Content-Length mismatches, Expect: 100-continue), then our routes, limits,
-// authentication and errors, then the engine and the memory cache with two plain C++ encoders.
+// chunked bodies, Content-Length mismatches, Expect: 100-continue, Range, Accept-Encoding), then
+// our routes, limits, authentication and errors, then the engine and the memory cache, with three
+// encoders of two kinds (server/counting_executors.h: float rows, and tokens with length buckets).
 // No socket is opened. Beyond "no crash, no sanitizer report", every response must satisfy
 // check_response(); a violation traps so that libFuzzer keeps the input:
 //   - it is HTTP/1.1: a status line, headers, and exactly Content-Length bytes of body (gzip or
@@ -20,10 +21,11 @@
 // State the fixture keeps stable across inputs, so that each input meets the same server:
 //   - POST /v1/admin/drain answers 202 but its hook does nothing (the binary wakes its signal
 //     loop there); a real drain would turn every later input into a 503.
-//   - Whatever a successful admin request changed is undone after its input: the original
-//     encoders are loaded again and any new name is unloaded, so a load that sets
-//     max_queue_delay_us to an hour, or an unload, cannot stall or empty the server for the
-//     inputs after it.
+//   - A load or unload that succeeded, or any other change to what the engine serves, is undone
+//     after its input: the configured encoders are loaded again and new names unloaded, so a load
+//     that sets max_queue_delay_us to an hour, or an unload, cannot stall or empty the server for
+//     the inputs after it.
+//   - Loads may add only the names in kExtraNames (see bounded_names()).
 //   - The fixture holds the process-wide trace capture, so GET /v1/trace answers 409 after its
 //     parameter checks: handle_raw() is synchronous, and a capture would hold an input for up to
 //     duration_ms (60 s). Holding it also runs every trace span of the request path.
@@ -113,6 +115,21 @@ ServerConfig fuzz_config(const std::string &artifact_root) {
   return c;
 }
 
+// Names a load may add beside the configured ones; loads of any other name fail in the factory
+// (422). A name once served keeps its metric series for good, so unbounded new names would grow
+// every later GET /metrics answer, and the compression of it, for the rest of the run.
+constexpr std::string_view kExtraNames[] = {"extra", "x"};
+
+ExecutorFactory bounded_names(ExecutorFactory inner) {
+  return [inner = std::move(inner)](const EncoderEntry &e) -> std::shared_ptr<executor::Executor> {
+    bool known = e.name == "affine" || e.name == "tokens" || e.name == "nocache";
+    for (std::string_view extra : kExtraNames)
+      known = known || e.name == extra;
+    if (!known) throw executor::ExecutorError("the fuzz target serves no encoder named '" + e.name + "'");
+    return inner(e);
+  };
+}
+
 class Fixture {
 public:
   Fixture() {
@@ -128,7 +145,7 @@ public:
     dir_ = tmpl;
     std::filesystem::create_directories(dir_ / "models" / "a");
     config_ = fuzz_config((dir_ / "models").string());
-    app_ = std::make_unique<App>(config_, testing_util::counting_factory(&counts_));
+    app_ = std::make_unique<App>(config_, bounded_names(testing_util::counting_factory(&counts_)));
     app_->on_drain_request([] {}); // see the file comment
     for (const EncoderEntry &e : config_.encoders)
       app_->load(e.name, e);
