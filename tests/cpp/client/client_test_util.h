@@ -6,6 +6,9 @@
 
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
+
+#include <csignal>
 #include <unistd.h>
 
 #include <atomic>
@@ -13,8 +16,10 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "client/client.h"
@@ -137,6 +142,22 @@ inline int closed_port() {
   getsockname(fd, reinterpret_cast<sockaddr *>(&addr), &len);
   close(fd);
   return ntohs(addr.sin_port);
+}
+
+// Waits up to `limit` for the forked child `pid` and returns its waitpid() status; nullopt (the
+// child killed) when it hung.
+inline std::optional<int> wait_for_child(pid_t pid, std::chrono::seconds limit = std::chrono::seconds(60)) {
+  int status = -1;
+  const auto give_up = std::chrono::steady_clock::now() + limit;
+  while (waitpid(pid, &status, WNOHANG) == 0) {
+    if (std::chrono::steady_clock::now() > give_up) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      return std::nullopt;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return status;
 }
 
 } // namespace jit::client::testing_util

@@ -266,16 +266,9 @@ TEST(Client, AForkedChildBuildsItsOwnConnectionsAndThreads) {
     }
     _exit(ok == 20 && client.stats().endpoints[0].connections_opened >= 1 ? 0 : 1);
   }
-  int status = -1;
-  const auto give_up = std::chrono::steady_clock::now() + 60s;
-  while (waitpid(pid, &status, WNOHANG) == 0) {
-    if (std::chrono::steady_clock::now() > give_up) {
-      kill(pid, SIGKILL);
-      waitpid(pid, &status, 0);
-      FAIL() << "the forked child hung";
-    }
-    std::this_thread::sleep_for(10ms);
-  }
+  const std::optional<int> waited = wait_for_child(pid);
+  ASSERT_TRUE(waited) << "the forked child hung";
+  const int status = *waited;
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 0) << "the child's requests failed";
   // The parent's pooled connection still works, and the child never used it.

@@ -180,16 +180,9 @@ TEST(ClientEndpoints, AForkedChildStartsFromTheCurrentSet) {
     }
     _exit(ok == 11 ? 0 : 1);
   }
-  int status = -1;
-  const auto give_up = std::chrono::steady_clock::now() + 60s;
-  while (waitpid(pid, &status, WNOHANG) == 0) {
-    if (std::chrono::steady_clock::now() > give_up) {
-      kill(pid, SIGKILL);
-      waitpid(pid, &status, 0);
-      FAIL() << "the forked child hung";
-    }
-    std::this_thread::sleep_for(10ms);
-  }
+  const std::optional<int> waited = wait_for_child(pid);
+  ASSERT_TRUE(waited) << "the forked child hung";
+  const int status = *waited;
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 0) << "the child did not use the parent's current set";
   EXPECT_EQ(client.endpoints(), (std::vector<std::string>{b.endpoint()})); // the child's change stayed there
