@@ -54,6 +54,9 @@ public:
 
   // Appends n bytes, doubling the capacity when it runs out (bodies without a Content-Length).
   void append(const char *p, size_t n) {
+    // httplib's gzip decoder reports pieces of 0 bytes, and an empty buffer's data() is null:
+    // memcpy(null, _, 0) is undefined behaviour.
+    if (n == 0) return;
     if (size_ + n > capacity_) reserve(std::max(size_ + n, std::max<size_t>(capacity_ * 2, 64 << 10)));
     std::memcpy(data_.get() + size_, p, n);
     size_ += n;
