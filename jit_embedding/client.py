@@ -41,6 +41,8 @@ import numpy as np
 import torch
 
 from jit_embedding import _C, codec, security
+from jit_embedding import transport as _transport
+from jit_embedding.transport import TransportSpec
 
 __all__ = ["CACHE_MODES", "ClientError", "EmbeddingClient", "Future", "ManyFuture"]
 
@@ -66,8 +68,9 @@ Inputs = Mapping[str, Union[torch.Tensor, np.ndarray]]
 class Future:
     """A submitted request. ``result()`` waits with the GIL released."""
 
-    def __init__(self, native: Any):
+    def __init__(self, native: Any, device: Any = None):
         self._native = native
+        self._device = device
 
     def done(self) -> bool:
         """Whether the answer (or the error) is in."""
@@ -83,7 +86,8 @@ class Future:
 
         Returns:
             ``(outputs, meta)``: output name -> tensor (zero-copy views of the response body for
-            uncompressed payloads), and the server's meta dict plus ``meta["client"]`` =
+            uncompressed payloads; outputs that travelled lossy restored to their dtype, on the
+            submit's ``device``), and the server's meta dict plus ``meta["client"]`` =
             ``{"endpoint", "attempts", "latency_s"}``.
 
         Raises:
@@ -95,6 +99,10 @@ class Future:
         meta = codec._unpack_meta(meta_bytes)
         meta = dict(meta) if isinstance(meta, dict) else ({} if meta is None else {"value": meta})
         meta["client"] = {"endpoint": endpoint, "attempts": attempts, "latency_s": latency_s}
+        try:
+            outputs = _transport.restore(outputs, meta.get("transport"), self._device)
+        except ValueError as e:
+            raise ClientError(f"jit-embedding client: {endpoint}: the lossy transport cannot be undone: {e}") from e
         return outputs, meta
 
 
@@ -435,7 +443,16 @@ class EmbeddingClient:
         self._tick()
         return None if self._discovery is None else self._discovery.stats()
 
-    def submit(self, encoder: str, inputs: Inputs, key: str | None = None, deadline: float | None = None) -> Future:
+    def submit(
+        self,
+        encoder: str,
+        inputs: Inputs,
+        key: str | None = None,
+        deadline: float | None = None,
+        *,
+        transport: TransportSpec = None,
+        device: Any = None,
+    ) -> Future:
         """Sends ``inputs`` to ``encoder`` without waiting.
 
         Args:
@@ -444,14 +461,21 @@ class EmbeddingClient:
             key: the request's affinity key (``balancer="affinity"``), e.g. a sample id.
             deadline: absolute, in seconds since the Unix epoch (``time.time()`` scale); default
                 now + ``timeout``. Retries, backoff and waits never pass it.
+            transport: lossy transport of the float outputs (docs/transport.md): a mode of
+                ``jit_embedding.transport.MODES`` for all of them, or output -> mode (``"*"``:
+                the rest); None: exact.
+            device: where ``result()`` puts the outputs (``"cuda"``: lossy outputs are restored
+                there, so only their codes cross the bus); None: the CPU.
 
         Raises:
             CodecError: an input of a dtype the wire format does not carry.
+            ValueError, TypeError: an unknown transport mode or a malformed transport spec.
             ClientError: an invalid encoder name.
         """
         self._tick()
-        frame = codec.encode(inputs)
-        return Future(self._native.submit(encoder, frame, key or "", deadline))
+        carried = _transport.normalize(transport)
+        frame = codec.encode(inputs, meta={"transport": carried} if carried else None)
+        return Future(self._native.submit(encoder, frame, key or "", deadline), device)
 
     def submit_frame(
         self, encoder: str, frame: bytes | bytearray | memoryview, key: str | None = None, deadline: float | None = None
@@ -463,10 +487,17 @@ class EmbeddingClient:
         return Future(self._native.submit(encoder, frame, key or "", deadline))
 
     def encode(
-        self, encoder: str, inputs: Inputs, key: str | None = None, deadline: float | None = None
+        self,
+        encoder: str,
+        inputs: Inputs,
+        key: str | None = None,
+        deadline: float | None = None,
+        *,
+        transport: TransportSpec = None,
+        device: Any = None,
     ) -> tuple[dict[str, torch.Tensor], dict]:
         """``submit(...).result()``: ``(outputs, meta)``, or raises ClientError."""
-        return self.submit(encoder, inputs, key, deadline).result()
+        return self.submit(encoder, inputs, key, deadline, transport=transport, device=device).result()
 
     def encoders(self, refresh: bool = False) -> dict[str, dict]:
         """The servers' encoders (GET /v1/encoders), name -> entry with ``inputs``/``outputs`` specs."""
@@ -486,6 +517,7 @@ class EmbeddingClient:
         cache: str = "use",
         params: Mapping[str, Any] | None = None,
         affinity_key: str | None = None,
+        transport: TransportSpec = None,
     ) -> ManyFuture:
         """Sends several samples cache-first, without waiting: keys before inputs.
 
@@ -507,10 +539,13 @@ class EmbeddingClient:
                 part of every digest (sent as canonical JSON).
             affinity_key: the endpoint choice under ``balancer="affinity"``; default the first
                 row's digest.
+            transport: lossy transport of the computed rows' float outputs (as ``submit``); the
+                C++ client restores them on the CPU before ``result()``. Such rows are not stored
+                in the local cache, which keeps exact outputs only; cache hits travel exactly.
 
         Raises:
             ValueError: samples with different input names, no samples, keys not one per sample,
-                or an unknown cache mode.
+                an unknown cache mode, or an unknown transport mode.
             ClientError: ``encoder`` is not served.
         """
         self._tick()
@@ -520,6 +555,7 @@ class EmbeddingClient:
             raise ValueError(f"submit_many: cache must be one of {CACHE_MODES}, not {cache!r}")
         if keys is not None and len(keys) != len(samples):
             raise ValueError(f"submit_many: {len(keys)} keys for {len(samples)} samples")
+        carried = _transport.normalize(transport)
         names = list(samples[0].keys())
         spec = self._spec(encoder)
         token_inputs = {
@@ -554,6 +590,7 @@ class EmbeddingClient:
             cache,
             affinity_key or "",
             deadline,
+            carried,
         )
         return ManyFuture(native, rows_per_sample)
 
@@ -566,6 +603,7 @@ class EmbeddingClient:
         *,
         cache: str = "use",
         params: Mapping[str, Any] | None = None,
+        transport: TransportSpec = None,
     ) -> list[tuple[dict[str, torch.Tensor], dict]]:
         """``submit_many(...).result()``, one ``(outputs, meta)`` per sample in order (the meta
         dict is shared). Each output with a ``seq_dim`` is cut back to its sample's length.
@@ -573,7 +611,9 @@ class EmbeddingClient:
         Raises:
             ValueError, ClientError: as submit_many.
         """
-        outputs, meta = self.submit_many(encoder, samples, keys, deadline, cache=cache, params=params).result()
+        outputs, meta = self.submit_many(
+            encoder, samples, keys, deadline, cache=cache, params=params, transport=transport
+        ).result()
         return [(o, meta) for o in outputs]
 
     def cache_stats(self) -> dict[str, int]:

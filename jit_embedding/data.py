@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from jit_embedding import transport as _transport
+
 Field = tuple[str, Callable[[Any], Mapping[str, torch.Tensor]]]
 
 #: Stats slots: one per worker, plus slot 0 for the main process (num_workers=0).
@@ -99,6 +101,7 @@ class _Fetcher:
         deadline_s: float | None,
         sample_key: Callable[[Any], str] | None = None,
         cache: str = "use",
+        transport: Any = None,
     ):
         if not fields:
             raise ValueError("fields must name at least one (encoder, prep) pair")
@@ -113,6 +116,7 @@ class _Fetcher:
         self.deadline_s = deadline_s
         self.sample_key = sample_key
         self.cache = cache
+        self.transport = _transport.normalize(transport)  # validated here, in the main process
         # A worker slot outlives its process (DataLoader starts new workers every epoch unless
         # persistent_workers), while the client's totals start again in each: carry them over.
         self._pid = -1
@@ -125,7 +129,9 @@ class _Fetcher:
             # The field is part of the key: two fields may run the same encoder on different preps.
             keys = None if self.sample_key is None else [f"{name}:{self.sample_key(s)}" for s in samples]
             deadline = None if self.deadline_s is None else time.time() + self.deadline_s
-            future = self.client.submit_many(encoder, inputs, keys, deadline, cache=self.cache)
+            future = self.client.submit_many(
+                encoder, inputs, keys, deadline, cache=self.cache, transport=self.transport or None
+            )
             pending.append((name, future, time.perf_counter()))
         return pending
 
@@ -174,6 +180,9 @@ class JITEmbeddingDataset(Dataset):
             the cache key instead of the content digest of its prepared inputs. Only for data whose
             preparation is deterministic: a random crop needs the content digest.
         cache: ``"use"`` (default), ``"refresh"`` or ``"bypass"`` (see EmbeddingClient.submit_many).
+        transport: lossy transport of the embeddings (docs/transport.md): a mode name such as
+            ``"fp8_rowwise"`` or ``"bf16"`` for every float output, or output -> mode; None:
+            exact. The workers restore each output to its dtype; the wire carries the codes.
 
     ``__getitems__`` (used by DataLoader's batched fetch) sends each field of the whole batch as one
     cache-first request: the samples' digests first, then the inputs of the misses only, so a
@@ -189,10 +198,11 @@ class JITEmbeddingDataset(Dataset):
         deadline_s: float | None = None,
         sample_key: Callable[[Any], str] | None = None,
         cache: str = "use",
+        transport: Any = None,
     ):
         self.base = base
         self.stats = _WorkerStats()
-        self._fetcher = _Fetcher(fields, client, self.stats, deadline_s, sample_key, cache)
+        self._fetcher = _Fetcher(fields, client, self.stats, deadline_s, sample_key, cache, transport)
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
@@ -221,7 +231,7 @@ class JITEmbeddingIterableDataset(IterableDataset):
     Args:
         base: an iterable of samples (re-iterable: each epoch iterates it again), or a map-style
             dataset (iterated by index).
-        fields, client, deadline_s, sample_key, cache: as for JITEmbeddingDataset.
+        fields, client, deadline_s, sample_key, cache, transport: as for JITEmbeddingDataset.
         window: samples each worker keeps outstanding (K). Larger hides more latency.
 
     Worker ``w`` of ``n`` takes samples ``w, w + n, w + 2n, ...``, so the loader's order is
@@ -237,13 +247,14 @@ class JITEmbeddingIterableDataset(IterableDataset):
         deadline_s: float | None = None,
         sample_key: Callable[[Any], str] | None = None,
         cache: str = "use",
+        transport: Any = None,
     ):
         if window < 1:
             raise ValueError(f"window must be at least 1, got {window}")
         self.base = base
         self.window = window
         self.stats = _WorkerStats()
-        self._fetcher = _Fetcher(fields, client, self.stats, deadline_s, sample_key, cache)
+        self._fetcher = _Fetcher(fields, client, self.stats, deadline_s, sample_key, cache, transport)
 
     def _samples(self, worker: int, workers: int) -> Iterator[Any]:
         if hasattr(self.base, "__getitem__") and hasattr(self.base, "__len__"):

@@ -7,6 +7,7 @@
 
 #include "client/client_internal.h"
 #include "common/rows.h"
+#include "ops/transport.h"
 
 namespace jit::client {
 
@@ -49,7 +50,70 @@ struct Answer {
   std::vector<Tensor> tensors;
   std::string version;
   std::vector<int64_t> hits; // lookup answers only
+  bool lossy = false;        // some output came through a lossy transport (restored already)
 };
+
+// How an answer's meta says an output travelled: {"mode", "dtype", "scales"}.
+struct Carried {
+  std::string output;
+  ops::Transport mode = ops::Transport::kExact;
+  DType dtype = DType::kFloat32;
+  std::string scales; // the entry holding the scales ("" for modes without)
+};
+
+std::vector<Carried> read_transport(const msgpack::object &o) {
+  std::vector<Carried> out;
+  if (o.type != msgpack::type::MAP) throw std::runtime_error("transport is not a map");
+  for (uint32_t i = 0; i < o.via.map.size; ++i) {
+    const msgpack::object_kv &kv = o.via.map.ptr[i];
+    Carried c;
+    c.output = kv.key.as<std::string>();
+    const auto fields = kv.val.as<std::map<std::string, std::string>>();
+    auto get = [&](const char *k) {
+      auto it = fields.find(k);
+      return it == fields.end() ? std::string() : it->second;
+    };
+    const std::optional<ops::Transport> mode = ops::transport_from_name(get("mode"));
+    const std::optional<DType> dtype = dtype_from_name(get("dtype"));
+    if (!mode || !dtype) throw std::runtime_error("output '" + c.output + "' names an unknown mode or dtype");
+    c.mode = *mode;
+    c.dtype = *dtype;
+    c.scales = get("scales");
+    out.push_back(std::move(c));
+  }
+  return out;
+}
+
+// Replaces each output that travelled lossy with its restored form and drops the scale entries.
+void restore(Answer &a, const std::vector<Carried> &carried) {
+  auto find = [&](const std::string &name) -> const Tensor * {
+    for (const Tensor &t : a.tensors)
+      if (t.name == name) return &t;
+    return nullptr;
+  };
+  std::vector<std::pair<std::string, Tensor>> restored;
+  for (const Carried &c : carried) {
+    const Tensor *values = find(c.output);
+    const Tensor *scales = c.scales.empty() ? nullptr : find(c.scales);
+    if (values == nullptr) throw ops::TransportError("the answer lacks output '" + c.output + "'");
+    if (!c.scales.empty() && scales == nullptr) throw ops::TransportError("the answer lacks scales '" + c.scales + "'");
+    const TensorView sv = scales ? scales->view() : TensorView{};
+    restored.emplace_back(c.output,
+                          ops::decode_from_transport(values->view(), scales ? &sv : nullptr, c.mode, c.dtype));
+  }
+  std::vector<Tensor> kept;
+  for (Tensor &t : a.tensors) {
+    bool is_scale = false;
+    for (const Carried &c : carried)
+      is_scale = is_scale || (!c.scales.empty() && t.name == c.scales);
+    if (is_scale) continue;
+    for (auto &[name, r] : restored)
+      if (t.name == name) t = std::move(r);
+    kept.push_back(std::move(t));
+  }
+  a.tensors = std::move(kept);
+  a.lossy = !carried.empty();
+}
 
 Answer read_answer(std::string body_text, const ClientOptions &options, const std::string &encoder,
                    const std::string &endpoint) {
@@ -61,6 +125,7 @@ Answer read_answer(std::string body_text, const ClientOptions &options, const st
     throw bad_answer(encoder, endpoint, std::string("the response is not a valid frame: ") + e.what());
   }
   Answer a;
+  std::vector<Carried> carried;
   size_t next_owned = 0;
   for (const codec::DecodedTensor &t : frame.tensors) {
     std::shared_ptr<const void> owner =
@@ -77,10 +142,16 @@ Answer read_answer(std::string body_text, const ClientOptions &options, const st
         const std::string_view k(kv.key.via.str.ptr, kv.key.via.str.size);
         if (k == "version") a.version = kv.val.as<std::string>();
         if (k == "hits") a.hits = kv.val.as<std::vector<int64_t>>();
+        if (k == "transport") carried = read_transport(kv.val);
       }
     }
   } catch (const std::exception &e) {
     throw bad_answer(encoder, endpoint, std::string("the response meta is malformed: ") + e.what());
+  }
+  try {
+    restore(a, carried);
+  } catch (const ops::TransportError &e) {
+    throw bad_answer(encoder, endpoint, std::string("the lossy transport cannot be undone: ") + e.what());
   }
   if (a.version.empty()) throw bad_answer(encoder, endpoint, "the response names no encoder version");
   return a;
@@ -148,6 +219,7 @@ RowsResponse Client::State::run_rows(const RowsRequest &req, Clock::time_point s
     todo[r] = r;
   std::string version;                     // the newest version a server named
   std::vector<std::string> row_version(n); // the version each row's outputs are of
+  std::vector<bool> lossy(n, false);       // rows restored from a lossy transport: never cached locally
   auto keep_misses = [&](const std::vector<bool> &served) {
     std::vector<size_t> rest;
     for (size_t r : todo) {
@@ -279,7 +351,12 @@ RowsResponse Client::State::run_rows(const RowsRequest &req, Clock::time_point s
       }
       msgpack::sbuffer sb;
       msgpack::packer<msgpack::sbuffer> pk(sb);
-      pk.pack_map(1 + (tokens ? 1 : 0) + (req.keys.empty() ? 0 : 1) + (req.params.empty() ? 0 : 1));
+      pk.pack_map(1 + (tokens ? 1 : 0) + (req.keys.empty() ? 0 : 1) + (req.params.empty() ? 0 : 1) +
+                  (req.transport.empty() ? 0 : 1));
+      if (!req.transport.empty()) {
+        pk.pack(std::string_view("transport"));
+        pk.pack(req.transport);
+      }
       // Rows that a lookup just missed are computed and stored without a second lookup on the
       // server ("refresh"), which would also count each of them as a miss twice.
       pk.pack(std::string_view("cache"));
@@ -323,6 +400,7 @@ RowsResponse Client::State::run_rows(const RowsRequest &req, Clock::time_point s
         }
         out.sources[r] = RowSource::kComputed;
         row_version[r] = a.version;
+        lossy[r] = a.lossy;
       }
       version = a.version;
     }
@@ -348,7 +426,7 @@ RowsResponse Client::State::run_rows(const RowsRequest &req, Clock::time_point s
     }
     (out.sources[r] == RowSource::kServerCache ? rows_server_cache : rows_computed)
         .fetch_add(1, std::memory_order_relaxed);
-    if (!local || req.cache == CacheMode::kBypass) continue;
+    if (!local || req.cache == CacheMode::kBypass || lossy[r]) continue;
     std::vector<TensorView> views;
     for (const Tensor &t : out.outputs[r])
       views.push_back(without_batch_dim(t));

@@ -14,7 +14,7 @@
 //      {"lengths", "keys", "params", "cache"} so that the server hashes and stores each row at
 //      its own length;
 //   5. every row's outputs, cut back to its own length; server hits and computed rows go into the
-//      local cache.
+//      local cache (unless they came through a lossy transport).
 // Each request goes through the client's retries, balancing and deadline. When the encode answer
 // names another version than the lookup did (an in-place update in between), the rows served by
 // the lookup are encoded again, so one answer never mixes versions.
@@ -56,6 +56,11 @@ struct RowsRequest {
   std::string params;            // preprocessing params: hashed into every digest, sent as meta.params
   RowSpec spec;
   CacheMode cache = CacheMode::kUse;
+  // Lossy transport of the computed rows (docs/transport.md): output name -> mode name, the key
+  // "*" for every floating-point output; empty: exact. The client restores each output to its
+  // dtype on the CPU. Rows that came lossy are not stored in the local cache, which holds exact
+  // outputs only (server cache hits always travel exactly).
+  std::map<std::string, std::string> transport;
   std::string affinity_key; // picks the endpoint under the affinity balancer ("" : the first digest)
   std::optional<std::chrono::system_clock::time_point> deadline; // default now + timeout
 };

@@ -89,7 +89,7 @@ PYBIND11_MODULE(_C, m) {
       .def("submit_rows", &python::PyClient::submit_rows, "Submit rows cache-first (csrc/client/cache_first.h).",
            py::arg("encoder"), py::arg("rows"), py::arg("keys"), py::arg("params"), py::arg("token_inputs"),
            py::arg("seq_outputs"), py::arg("max_batch_size"), py::arg("cache"), py::arg("affinity_key"),
-           py::arg("deadline"))
+           py::arg("deadline"), py::arg("transport") = std::map<std::string, std::string>{})
       .def("cache_stats", &python::PyClient::cache_stats, "submit_rows rows by source (local, server cache, computed).")
       .def("submit", &python::PyClient::submit, "Submit a request frame; deadline in epoch seconds.",
            py::arg("encoder"), py::arg("frame"), py::arg("key"), py::arg("deadline"))

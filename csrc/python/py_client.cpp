@@ -137,7 +137,7 @@ PyRowsFuture PyClient::submit_rows(const std::string &encoder, const py::list &r
                                    const py::bytes &params, std::map<std::string, std::pair<int, int64_t>> token_inputs,
                                    std::map<std::string, int> seq_outputs, size_t max_batch_size,
                                    const std::string &cache, const std::string &affinity_key,
-                                   std::optional<double> deadline) {
+                                   std::optional<double> deadline, std::map<std::string, std::string> transport) {
   client::RowsRequest req;
   req.encoder = encoder;
   if (cache == "use")
@@ -171,6 +171,7 @@ PyRowsFuture PyClient::submit_rows(const std::string &encoder, const py::list &r
   req.spec.seq_outputs = std::move(seq_outputs);
   req.spec.max_batch_size = max_batch_size;
   req.affinity_key = affinity_key;
+  req.transport = std::move(transport);
   req.deadline = to_deadline(deadline);
   return PyRowsFuture(client_->submit_rows(std::move(req)));
 }

@@ -60,11 +60,13 @@ public:
   // Copies every row's inputs ((name, dtype, shape, buffer) items, each [1, ...]) and submits
   // them cache-first (client/cache_first.h). `token_inputs`: name -> (seq_dim, pad_value);
   // `seq_outputs`: name -> seq_dim; `max_batch_size`: rows per encode request (0: any); `cache`: "use", "refresh" or
-  // "bypass". Raises ValueError for an unknown cache mode or dtype, ClientError for an invalid request.
+  // "bypass"; `transport`: output -> lossy transport mode ("*": every float output; empty: exact).
+  // Raises ValueError for an unknown cache mode or dtype, ClientError for an invalid request.
   PyRowsFuture submit_rows(const std::string &encoder, const py::list &rows, std::vector<std::string> keys,
                            const py::bytes &params, std::map<std::string, std::pair<int, int64_t>> token_inputs,
                            std::map<std::string, int> seq_outputs, size_t max_batch_size, const std::string &cache,
-                           const std::string &affinity_key, std::optional<double> deadline);
+                           const std::string &affinity_key, std::optional<double> deadline,
+                           std::map<std::string, std::string> transport);
   // {"rows_local_cache", "rows_server_cache", "rows_computed"}: submit_rows() rows by source.
   py::dict cache_stats() const;
   // Copies `frame` (any buffer) and submits it; `deadline` is absolute, seconds since the Unix epoch.

@@ -52,8 +52,12 @@ App::App(ServerConfig config, ExecutorFactory factory)
   hooks.encoders_json = [this] { return encoders_json(); };
   hooks.encode = [this](const std::string &name, const codec::DecodedFrame &frame,
                         std::optional<std::chrono::system_clock::time_point> deadline) {
-    if (cache_) return cache_->encode(name, cacheable(name), frame, deadline, codec::EncodeOptions{});
-    return handle_encode(engine_, name, frame, deadline, codec::EncodeOptions{}, &registry_);
+    ResponseOptions response;
+    // An unknown encoder has no outputs to check the transport against: the engine answers 404.
+    if (std::optional<engine::EncoderInfo> info = engine_.info(name))
+      response.transport = parse_transport(frame.meta_msgpack, info->spec);
+    if (cache_) return cache_->encode(name, cacheable(name), frame, deadline, response);
+    return handle_encode(engine_, name, frame, deadline, response, &registry_);
   };
   if (cache_) {
     hooks.cache_lookup = [this](const codec::DecodedFrame &frame) { return cache_->lookup(frame); };

@@ -282,7 +282,7 @@ void CacheService::flush() {
 
 std::string CacheService::encode(const std::string &encoder, bool cacheable, const codec::DecodedFrame &frame,
                                  std::optional<std::chrono::system_clock::time_point> deadline,
-                                 const codec::EncodeOptions &response_options) {
+                                 const ResponseOptions &response_options) {
   const std::vector<Tensor> inputs = borrow_inputs(frame);
   size_t rows = 0;
   for (size_t i = 0; i < inputs.size(); ++i) {

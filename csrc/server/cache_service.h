@@ -48,6 +48,7 @@
 #include "common/metrics.h"
 #include "engine/engine.h"
 #include "server/config.h"
+#include "server/encode_handler.h"
 
 namespace jit::server {
 
@@ -69,7 +70,7 @@ public:
   // engine's errors as handle_encode() does.
   std::string encode(const std::string &encoder, bool cacheable, const codec::DecodedFrame &frame,
                      std::optional<std::chrono::system_clock::time_point> deadline,
-                     const codec::EncodeOptions &response_options);
+                     const ResponseOptions &response_options);
 
   // POST /v1/cache/lookup (see the file comment). Throws ServerError: 400 malformed meta or more
   // than max_lookup_keys keys, 404 unknown encoder.

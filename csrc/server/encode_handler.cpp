@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "common/trace.h"
+#include "server/cache_meta.h"
 
 namespace jit::server {
 
@@ -27,7 +28,97 @@ void patch_serialize_us(std::string &frame, double us) {
   codec::patch_envelope_tail(frame, kPlaceholder, value, sizeof value);
 }
 
+ops::Transport transport_mode(const msgpack::object &o, const std::string &what) {
+  const std::string name = cache_meta::as_text(o, what);
+  const std::optional<ops::Transport> mode = ops::transport_from_name(name);
+  if (!mode) cache_meta::bad(what + " must be one of " + ops::transport_names() + ", got \"" + name + "\"");
+  return *mode;
+}
+
+// The outputs a request's transport changes, with their wire forms (kept alive until the frame is
+// written) and the response meta's "transport" map.
+struct Narrowed {
+  std::vector<TensorView> views;
+  std::vector<Tensor> owned;
+  std::vector<std::pair<TensorView, ops::Transport>> changed; // the original outputs
+};
+
+Narrowed narrow_outputs(const std::vector<TensorView> &outputs, const TransportPlan &plan) {
+  Narrowed n;
+  n.views.reserve(outputs.size() + plan.size());
+  for (const TensorView &o : outputs) {
+    auto it = plan.find(o.name);
+    // The plan follows the spec; an executor that returned another dtype sends it exactly.
+    if (it == plan.end() || !ops::transport_applies(it->second, o.dtype)) {
+      n.views.push_back(o);
+      continue;
+    }
+    ops::WireTensor w = ops::encode_for_transport(o, it->second);
+    n.views.push_back(w.values.view());
+    n.owned.push_back(std::move(w.values));
+    if (w.scales) {
+      w.scales->name = o.name + std::string(kScaleSuffix);
+      n.views.push_back(w.scales->view());
+      n.owned.push_back(std::move(*w.scales));
+    }
+    n.changed.emplace_back(o, it->second);
+  }
+  return n;
+}
+
 } // namespace
+
+TransportPlan parse_transport(const std::string &meta_msgpack, const EncoderSpec &spec) {
+  TransportPlan plan;
+  if (meta_msgpack.empty()) return plan;
+  msgpack::object_handle h = cache_meta::unpack_meta(meta_msgpack);
+  const msgpack::object *field = cache_meta::field(h.get(), "transport");
+  if (field == nullptr || field->type == msgpack::type::NIL) return plan;
+  auto unprocessable = [](const std::string &msg) { throw ServerError(ServerError::Code::kUnprocessable, msg); };
+  if (field->type == msgpack::type::MAP) {
+    std::optional<ops::Transport> rest; // key "*": every floating-point output not named
+    for (uint32_t i = 0; i < field->via.map.size; ++i) {
+      const msgpack::object_kv &kv = field->via.map.ptr[i];
+      const std::string name = cache_meta::as_text(kv.key, "meta.transport's keys");
+      const ops::Transport mode = transport_mode(kv.val, "meta.transport[\"" + name + "\"]");
+      if (name == "*") {
+        rest = mode;
+        continue;
+      }
+      const TensorSpec *out = nullptr;
+      for (const TensorSpec &s : spec.outputs)
+        if (s.name == name) out = &s;
+      if (out == nullptr) unprocessable("meta.transport names '" + name + "', which is not an output of the encoder");
+      if (mode != ops::Transport::kExact && !dtype_is_floating(out->dtype))
+        unprocessable("meta.transport asks " + std::string(ops::transport_name(mode)) + " for output '" + name +
+                      "', which is " + std::string(dtype_name(out->dtype)) + ", not floating-point");
+      plan[name] = mode;
+    }
+    if (rest) {
+      for (const TensorSpec &s : spec.outputs)
+        if (dtype_is_floating(s.dtype)) plan.emplace(s.name, *rest);
+    }
+  } else {
+    const ops::Transport mode = transport_mode(*field, "meta.transport");
+    for (const TensorSpec &s : spec.outputs)
+      if (dtype_is_floating(s.dtype)) plan[s.name] = mode;
+  }
+  for (auto it = plan.begin(); it != plan.end();) {
+    if (it->second == ops::Transport::kExact) {
+      it = plan.erase(it);
+      continue;
+    }
+    const std::string scale_name = it->first + std::string(kScaleSuffix);
+    if (ops::transport_has_scales(it->second)) {
+      for (const TensorSpec &s : spec.outputs)
+        if (s.name == scale_name)
+          unprocessable("meta.transport: output '" + it->first + "' cannot carry scales: its scale entry name '" +
+                        scale_name + "' is another output's");
+    }
+    ++it;
+  }
+  return plan;
+}
 
 ServerError from_engine_error(const engine::EngineError &e) {
   using C = engine::EngineError::Code;
@@ -77,15 +168,16 @@ engine::Result wait_for_engine(std::future<engine::Result> &pending) {
 
 std::string encode_response(const std::string &encoder, const std::string &version,
                             const std::vector<TensorView> &outputs, const Timings &timings,
-                            const std::vector<int64_t> *cache_hits, const codec::EncodeOptions &response_options,
+                            const std::vector<int64_t> *cache_hits, const ResponseOptions &response_options,
                             metrics::Registry *metrics) {
   trace::Scope span("serialize", "http");
   // A request in flight when a capture began has no traced "request" span to name its thread.
   if (span.active()) trace::name_thread_once("http");
   const auto t0 = std::chrono::steady_clock::now();
+  const Narrowed narrowed = narrow_outputs(outputs, response_options.transport);
   msgpack::sbuffer sb;
   msgpack::packer<msgpack::sbuffer> pk(sb);
-  pk.pack_map(cache_hits ? 4 : 3);
+  pk.pack_map(3 + (cache_hits ? 1 : 0) + (narrowed.changed.empty() ? 0 : 1));
   pk.pack(std::string_view("encoder"));
   pk.pack(std::string_view(encoder));
   pk.pack(std::string_view("version"));
@@ -93,6 +185,23 @@ std::string encode_response(const std::string &encoder, const std::string &versi
   if (cache_hits) {
     pk.pack(std::string_view("cache_hits"));
     pk.pack(*cache_hits);
+  }
+  if (!narrowed.changed.empty()) {
+    pk.pack(std::string_view("transport"));
+    pk.pack_map(static_cast<uint32_t>(narrowed.changed.size()));
+    for (const auto &[o, mode] : narrowed.changed) {
+      const bool scales = ops::transport_has_scales(mode);
+      pk.pack(o.name);
+      pk.pack_map(scales ? 3 : 2);
+      pk.pack(std::string_view("mode"));
+      pk.pack(ops::transport_name(mode));
+      pk.pack(std::string_view("dtype"));
+      pk.pack(dtype_name(o.dtype));
+      if (scales) {
+        pk.pack(std::string_view("scales"));
+        pk.pack(o.name + std::string(kScaleSuffix));
+      }
+    }
   }
   pk.pack(std::string_view("timings"));
   pk.pack_map(4);
@@ -105,7 +214,7 @@ std::string encode_response(const std::string &encoder, const std::string &versi
   pk.pack(std::string_view("serialize_us"));
   sb.write(reinterpret_cast<const char *>(kPlaceholder), sizeof kPlaceholder); // must stay last: see the patch
 
-  std::string out = codec::encode(outputs, std::string(sb.data(), sb.size()), response_options);
+  std::string out = codec::encode(narrowed.views, std::string(sb.data(), sb.size()), response_options.codec);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   patch_serialize_us(out, seconds * 1e6);
   if (metrics != nullptr) {
@@ -114,6 +223,16 @@ std::string encode_response(const std::string &encoder, const std::string &versi
         ->histogram("jit_serialize_seconds", "Time to build a response frame (meta, compression, copy).", kBounds,
                     {{"encoder", encoder}})
         .observe(seconds);
+    for (const auto &[o, mode] : narrowed.changed) {
+      size_t wire = 0;
+      for (const TensorView &v : narrowed.views)
+        if (v.name == o.name || v.name == o.name + std::string(kScaleSuffix)) wire += v.nbytes;
+      metrics
+          ->counter("jit_transport_saved_bytes_total",
+                    "Response bytes lossy transport saved (exact size minus values and scales).",
+                    {{"encoder", encoder}, {"mode", std::string(ops::transport_name(mode))}})
+          .inc(static_cast<double>(o.nbytes > wire ? o.nbytes - wire : 0));
+    }
   }
   return out;
 }
@@ -130,7 +249,7 @@ std::vector<Tensor> borrow_inputs(const codec::DecodedFrame &frame) {
 
 std::string handle_encode(engine::Engine &engine, const std::string &encoder, const codec::DecodedFrame &frame,
                           std::optional<std::chrono::system_clock::time_point> deadline,
-                          const codec::EncodeOptions &response_options, metrics::Registry *metrics) {
+                          const ResponseOptions &response_options, metrics::Registry *metrics) {
   std::future<engine::Result> pending = submit_to_engine(engine, encoder, borrow_inputs(frame), deadline, metrics);
   engine::Result result = wait_for_engine(pending);
   std::vector<TensorView> views;

@@ -6,20 +6,45 @@
 // Response frame: one entry per encoder output, in spec order, each [samples, ...], and meta
 //   {"encoder": name, "version": digest,
 //    "timings": {"queue_us", "compute_us", "batch_samples", "serialize_us"}}.
+// Lossy transport (docs/transport.md): request meta "transport" asks for it; each output it changed
+// travels narrowed (plus an entry "<output>.scale" for the scaled modes) and is listed in the
+// response meta "transport": {output: {"mode", "dtype" (to restore), "scales" (entry name)}}.
 // docs/wire-format.md specifies the frame itself.
 #pragma once
 
 #include <chrono>
 #include <future>
+#include <map>
 #include <optional>
 #include <string>
 
 #include "codec/codec.h"
 #include "common/metrics.h"
 #include "engine/engine.h"
+#include "ops/transport.h"
 #include "server/errors.h"
 
 namespace jit::server {
+
+// How a response carries its outputs: output name -> lossy transport mode. Outputs not listed, and
+// outputs a mode does not change (ops::transport_applies), travel exactly.
+using TransportPlan = std::map<std::string, ops::Transport>;
+
+// The suffix of the entry that carries an output's scales: "<output>.scale".
+inline constexpr std::string_view kScaleSuffix = ".scale";
+
+struct ResponseOptions {
+  codec::EncodeOptions codec; // compression of the response payloads
+  TransportPlan transport;
+};
+
+// Reads a request's meta "transport" against the encoder's outputs: either one mode name, applied
+// to every floating-point output, or a map output name -> mode name, where the key "*" names the
+// mode of every floating-point output the map does not name. Absent or nil: exact.
+// Throws ServerError: 400 for a malformed field or an unknown mode name (the message lists the
+// modes), 422 for an output the encoder does not have, a lossy mode named for an output that is
+// not floating-point, or an output whose scale entry name is another output's name.
+TransportPlan parse_transport(const std::string &meta_msgpack, const EncoderSpec &spec);
 
 // Runs one decoded request through `engine` and returns the encoded response frame.
 // `frame` (and the request body it points into) must stay alive until this returns: inputs are
@@ -33,7 +58,7 @@ namespace jit::server {
 // encoder fails.
 std::string handle_encode(engine::Engine &engine, const std::string &encoder, const codec::DecodedFrame &frame,
                           std::optional<std::chrono::system_clock::time_point> deadline,
-                          const codec::EncodeOptions &response_options, metrics::Registry *metrics = nullptr);
+                          const ResponseOptions &response_options, metrics::Registry *metrics = nullptr);
 
 // The pieces handle_encode() is made of, for callers (server/cache_service.h) that split a
 // request into rows.
@@ -54,11 +79,13 @@ struct Timings {
 };
 
 // Builds a response frame: `outputs` ([samples, ...] each, spec order) and the meta above, plus
-// "cache_hits" (the sample indices served from the cache) when `cache_hits` is given.
+// "cache_hits" (the sample indices served from the cache) when `cache_hits` is given, each output
+// narrowed as response_options.transport asks (jit_transport_saved_bytes_total{encoder, mode} counts the
+// bytes saved).
 // Throws codec::CodecError when the tensors cannot be framed.
 std::string encode_response(const std::string &encoder, const std::string &version,
                             const std::vector<TensorView> &outputs, const Timings &timings,
-                            const std::vector<int64_t> *cache_hits, const codec::EncodeOptions &response_options,
+                            const std::vector<int64_t> *cache_hits, const ResponseOptions &response_options,
                             metrics::Registry *metrics);
 
 // The frame's tensors as engine inputs that borrow its bytes (no owner: keep the frame alive).

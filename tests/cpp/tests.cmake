@@ -56,7 +56,7 @@ endif()
 # CPU references of the kernels (csrc/ops), and the CUDA kernels against them (GPU tests skip without a device).
 # Both need the jit_ops library from the top-level CMakeLists.txt; the GPU test also needs jit_kernels (nvcc found).
 if(JIT_BUILD_TESTS AND TARGET jit_ops)
-  add_executable(test_ops tests/cpp/ops/test_ops_ref.cpp)
+  add_executable(test_ops tests/cpp/ops/test_ops_ref.cpp tests/cpp/ops/test_transport.cpp)
   target_link_libraries(test_ops PRIVATE jit_ops GTest::gtest_main)
   gtest_discover_tests(test_ops DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
   if(TARGET jit_kernels)

@@ -31,3 +31,22 @@ def tokens(vocab: int = 50, width: int = 8, seed: int = 0):
         ],
     }
     return TokenEmbed(vocab, width, seed), spec
+
+
+class Argmax(torch.nn.Module):
+    """The largest value of each row and where it is: a float and an int64 output."""
+
+    def forward(self, x: torch.Tensor):
+        top = x.max(dim=1)
+        return {"max": top.values, "index": top.indices}
+
+
+def argmax():
+    spec = {
+        "inputs": [{"name": "x", "dtype": "float32", "shape": [-1, -1]}],
+        "outputs": [
+            {"name": "max", "dtype": "float32", "shape": [-1]},
+            {"name": "index", "dtype": "int64", "shape": [-1]},
+        ],
+    }
+    return Argmax(), spec
