@@ -44,7 +44,8 @@ std::string strip_trailing_space(std::string s) {
 } // namespace
 
 Access route_access(const std::string &method, const std::string &path) {
-  if (method == "GET" && path == "/health/live") return Access::kOpen;
+  // HEAD too: some load balancers probe liveness with it.
+  if ((method == "GET" || method == "HEAD") && path == "/health/live") return Access::kOpen;
   if (method == "POST") {
     if (path == "/v1/admin/drain" || path == "/v1/cache/prune") return Access::kAdmin;
     if (path.rfind("/v1/encoders/", 0) == 0 && (ends_with(path, "/load") || ends_with(path, "/unload")))

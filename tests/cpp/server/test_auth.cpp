@@ -79,6 +79,8 @@ TEST(Auth, ConstantTimeEqualComparesWholeStrings) {
 
 TEST(Auth, RouteLevels) {
   EXPECT_EQ(route_access("GET", "/health/live"), Access::kOpen);
+  EXPECT_EQ(route_access("HEAD", "/health/live"), Access::kOpen); // probes that send HEAD (load balancers)
+  EXPECT_EQ(route_access("HEAD", "/health/ready"), Access::kUser);
   EXPECT_EQ(route_access("GET", "/health/ready"), Access::kUser);
   EXPECT_EQ(route_access("GET", "/metrics"), Access::kUser);
   EXPECT_EQ(route_access("POST", "/v1/encode/m"), Access::kUser);
