@@ -9,6 +9,7 @@
 #include "executor/executor.h"
 #include "python/py_client.h"
 #include "python/py_codec.h"
+#include "python/py_ops.h"
 #include "python/py_server.h"
 #include "server/errors.h"
 
@@ -101,4 +102,36 @@ PYBIND11_MODULE(_C, m) {
 
   // ---- runtime
   m.def("parallel_threads", &parallel_threads, "Threads the native pool uses (JIT_NUM_THREADS or the core count).");
+
+  // ---- ops (jit_embedding.ops): addresses + sizes; cuda=False runs the CPU reference, True the kernel on `stream`
+  m.def("ops_has_cuda_kernels", &python::ops::has_cuda_kernels, "Whether this build links the CUDA kernels.");
+  m.def("ops_quantize_fp8_rowwise", &python::ops::quantize_fp8_rowwise,
+        "src [rows, cols] of src_dtype -> dst [rows, cols] e4m3fn codes, scales [rows] fp32.", py::arg("src"),
+        py::arg("src_dtype"), py::arg("rows"), py::arg("cols"), py::arg("dst"), py::arg("scales"), py::arg("cuda"),
+        py::arg("stream"));
+  m.def("ops_dequantize_fp8_rowwise", &python::ops::dequantize_fp8_rowwise,
+        "src [rows, cols] e4m3fn codes, scales [rows] fp32 -> dst [rows, cols] of dst_dtype.", py::arg("src"),
+        py::arg("scales"), py::arg("rows"), py::arg("cols"), py::arg("dst"), py::arg("dst_dtype"), py::arg("cuda"),
+        py::arg("stream"));
+  m.def("ops_quantize_fp8_per_tensor", &python::ops::quantize_fp8_per_tensor,
+        "src [numel] of src_dtype -> dst [numel] e4m3fn codes, scale [1] fp32.", py::arg("src"), py::arg("src_dtype"),
+        py::arg("numel"), py::arg("dst"), py::arg("scale"), py::arg("cuda"), py::arg("stream"));
+  m.def("ops_dequantize_fp8_per_tensor", &python::ops::dequantize_fp8_per_tensor,
+        "src [numel] e4m3fn codes, scale [1] fp32 -> dst [numel] of dst_dtype.", py::arg("src"), py::arg("scale"),
+        py::arg("numel"), py::arg("dst"), py::arg("dst_dtype"), py::arg("cuda"), py::arg("stream"));
+  m.def("ops_quantize_int8_rowwise", &python::ops::quantize_int8_rowwise,
+        "src [rows, cols] of src_dtype -> dst [rows, cols] int8, scales [rows] fp32.", py::arg("src"),
+        py::arg("src_dtype"), py::arg("rows"), py::arg("cols"), py::arg("dst"), py::arg("scales"), py::arg("cuda"),
+        py::arg("stream"));
+  m.def("ops_dequantize_int8_rowwise", &python::ops::dequantize_int8_rowwise,
+        "src [rows, cols] int8, scales [rows] fp32 -> dst [rows, cols] of dst_dtype.", py::arg("src"),
+        py::arg("scales"), py::arg("rows"), py::arg("cols"), py::arg("dst"), py::arg("dst_dtype"), py::arg("cuda"),
+        py::arg("stream"));
+  m.def("ops_cast_float", &python::ops::cast_float, "src [numel] of src_dtype -> dst [numel] of dst_dtype.",
+        py::arg("src"), py::arg("src_dtype"), py::arg("dst"), py::arg("dst_dtype"), py::arg("numel"), py::arg("cuda"),
+        py::arg("stream"));
+  m.def("ops_preprocess_nhwc_u8", &python::ops::preprocess_nhwc_u8,
+        "src [n, h, w, c] uint8 -> dst [n, c, out_h, out_w] of out_dtype, resized and normalized.", py::arg("src"),
+        py::arg("n"), py::arg("h"), py::arg("w"), py::arg("c"), py::arg("out_h"), py::arg("out_w"), py::arg("mean"),
+        py::arg("std"), py::arg("mode"), py::arg("out_dtype"), py::arg("dst"), py::arg("cuda"), py::arg("stream"));
 }
