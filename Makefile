@@ -101,6 +101,8 @@ bench: build
 	@$(PYTHON) benchmarks/cache.py
 	@$(PYTHON) benchmarks/vs_ray_serve.py
 	@$(PYTHON) benchmarks/transport.py
+	@$(PYTHON) benchmarks/lossy_transport.py
+	@$(PYTHON) benchmarks/ops_accuracy.py
 	@$(PYTHON) benchmarks/vs_in_process.py
 
 # The long robustness runs (issue 8): overload, then the soak; `make test` runs the short versions.
