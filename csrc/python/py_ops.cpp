@@ -67,6 +67,18 @@ void require_kernels(bool cuda, const char *name) {
   }
 }
 
+// Runs the kernel (a device call) or the reference without the GIL; a non-zero Status throws.
+template <typename Kernel, typename Reference>
+void dispatch(const char *name, bool cuda, Kernel kernel, Reference reference) {
+  require_kernels(cuda, name);
+  Status status;
+  {
+    py::gil_scoped_release nogil;
+    status = cuda ? kernel() : reference();
+  }
+  check(status, name);
+}
+
 } // namespace
 
 bool has_cuda_kernels() {
@@ -79,120 +91,100 @@ bool has_cuda_kernels() {
 
 void quantize_fp8_rowwise(uintptr_t src, int src_dtype, int64_t rows, int64_t cols, uintptr_t dst, uintptr_t scales,
                           bool cuda, [[maybe_unused]] uintptr_t stream) {
-  require_kernels(cuda, __func__);
   const auto *s = as_ptr<const void>(src);
   auto *d = as_ptr<uint8_t>(dst);
   auto *sc = as_ptr<float>(scales);
-  Status status;
-  {
-    py::gil_scoped_release nogil;
-    status =
-        cuda ? JIT_KERNEL(kernels::quantize_fp8_rowwise(s, as_dtype(src_dtype), rows, cols, d, sc, as_stream(stream)))
-             : ref::quantize_fp8_rowwise(s, as_dtype(src_dtype), rows, cols, d, sc);
-  }
-  check(status, __func__);
+  dispatch(
+      __func__, cuda,
+      [&] {
+        return JIT_KERNEL(kernels::quantize_fp8_rowwise(s, as_dtype(src_dtype), rows, cols, d, sc, as_stream(stream)));
+      },
+      [&] { return ref::quantize_fp8_rowwise(s, as_dtype(src_dtype), rows, cols, d, sc); });
 }
 
 void dequantize_fp8_rowwise(uintptr_t src, uintptr_t scales, int64_t rows, int64_t cols, uintptr_t dst, int dst_dtype,
                             bool cuda, [[maybe_unused]] uintptr_t stream) {
-  require_kernels(cuda, __func__);
   const auto *s = as_ptr<const uint8_t>(src);
   const auto *sc = as_ptr<const float>(scales);
   auto *d = as_ptr<void>(dst);
-  Status status;
-  {
-    py::gil_scoped_release nogil;
-    status =
-        cuda ? JIT_KERNEL(kernels::dequantize_fp8_rowwise(s, sc, rows, cols, d, as_dtype(dst_dtype), as_stream(stream)))
-             : ref::dequantize_fp8_rowwise(s, sc, rows, cols, d, as_dtype(dst_dtype));
-  }
-  check(status, __func__);
+  dispatch(
+      __func__, cuda,
+      [&] {
+        return JIT_KERNEL(
+            kernels::dequantize_fp8_rowwise(s, sc, rows, cols, d, as_dtype(dst_dtype), as_stream(stream)));
+      },
+      [&] { return ref::dequantize_fp8_rowwise(s, sc, rows, cols, d, as_dtype(dst_dtype)); });
 }
 
 void quantize_fp8_per_tensor(uintptr_t src, int src_dtype, int64_t numel, uintptr_t dst, uintptr_t scale, bool cuda,
                              [[maybe_unused]] uintptr_t stream) {
-  require_kernels(cuda, __func__);
   const auto *s = as_ptr<const void>(src);
   auto *d = as_ptr<uint8_t>(dst);
   auto *sc = as_ptr<float>(scale);
-  Status status;
-  {
-    py::gil_scoped_release nogil;
-    status = cuda
-                 ? JIT_KERNEL(kernels::quantize_fp8_per_tensor(s, as_dtype(src_dtype), numel, d, sc, as_stream(stream)))
-                 : ref::quantize_fp8_per_tensor(s, as_dtype(src_dtype), numel, d, sc);
-  }
-  check(status, __func__);
+  dispatch(
+      __func__, cuda,
+      [&] {
+        return JIT_KERNEL(kernels::quantize_fp8_per_tensor(s, as_dtype(src_dtype), numel, d, sc, as_stream(stream)));
+      },
+      [&] { return ref::quantize_fp8_per_tensor(s, as_dtype(src_dtype), numel, d, sc); });
 }
 
 void dequantize_fp8_per_tensor(uintptr_t src, uintptr_t scale, int64_t numel, uintptr_t dst, int dst_dtype, bool cuda,
                                [[maybe_unused]] uintptr_t stream) {
-  require_kernels(cuda, __func__);
   const auto *s = as_ptr<const uint8_t>(src);
   const auto *sc = as_ptr<const float>(scale);
   auto *d = as_ptr<void>(dst);
-  Status status;
-  {
-    py::gil_scoped_release nogil;
-    status =
-        cuda ? JIT_KERNEL(kernels::dequantize_fp8_per_tensor(s, sc, numel, d, as_dtype(dst_dtype), as_stream(stream)))
-             : ref::dequantize_fp8_per_tensor(s, sc, numel, d, as_dtype(dst_dtype));
-  }
-  check(status, __func__);
+  dispatch(
+      __func__, cuda,
+      [&] {
+        return JIT_KERNEL(kernels::dequantize_fp8_per_tensor(s, sc, numel, d, as_dtype(dst_dtype), as_stream(stream)));
+      },
+      [&] { return ref::dequantize_fp8_per_tensor(s, sc, numel, d, as_dtype(dst_dtype)); });
 }
 
 void quantize_int8_rowwise(uintptr_t src, int src_dtype, int64_t rows, int64_t cols, uintptr_t dst, uintptr_t scales,
                            bool cuda, [[maybe_unused]] uintptr_t stream) {
-  require_kernels(cuda, __func__);
   const auto *s = as_ptr<const void>(src);
   auto *d = as_ptr<int8_t>(dst);
   auto *sc = as_ptr<float>(scales);
-  Status status;
-  {
-    py::gil_scoped_release nogil;
-    status =
-        cuda ? JIT_KERNEL(kernels::quantize_int8_rowwise(s, as_dtype(src_dtype), rows, cols, d, sc, as_stream(stream)))
-             : ref::quantize_int8_rowwise(s, as_dtype(src_dtype), rows, cols, d, sc);
-  }
-  check(status, __func__);
+  dispatch(
+      __func__, cuda,
+      [&] {
+        return JIT_KERNEL(kernels::quantize_int8_rowwise(s, as_dtype(src_dtype), rows, cols, d, sc, as_stream(stream)));
+      },
+      [&] { return ref::quantize_int8_rowwise(s, as_dtype(src_dtype), rows, cols, d, sc); });
 }
 
 void dequantize_int8_rowwise(uintptr_t src, uintptr_t scales, int64_t rows, int64_t cols, uintptr_t dst, int dst_dtype,
                              bool cuda, [[maybe_unused]] uintptr_t stream) {
-  require_kernels(cuda, __func__);
   const auto *s = as_ptr<const int8_t>(src);
   const auto *sc = as_ptr<const float>(scales);
   auto *d = as_ptr<void>(dst);
-  Status status;
-  {
-    py::gil_scoped_release nogil;
-    status =
-        cuda
-            ? JIT_KERNEL(kernels::dequantize_int8_rowwise(s, sc, rows, cols, d, as_dtype(dst_dtype), as_stream(stream)))
-            : ref::dequantize_int8_rowwise(s, sc, rows, cols, d, as_dtype(dst_dtype));
-  }
-  check(status, __func__);
+  dispatch(
+      __func__, cuda,
+      [&] {
+        return JIT_KERNEL(
+            kernels::dequantize_int8_rowwise(s, sc, rows, cols, d, as_dtype(dst_dtype), as_stream(stream)));
+      },
+      [&] { return ref::dequantize_int8_rowwise(s, sc, rows, cols, d, as_dtype(dst_dtype)); });
 }
 
 void cast_float(uintptr_t src, int src_dtype, uintptr_t dst, int dst_dtype, int64_t numel, bool cuda,
                 [[maybe_unused]] uintptr_t stream) {
-  require_kernels(cuda, __func__);
   const auto *s = as_ptr<const void>(src);
   auto *d = as_ptr<void>(dst);
-  Status status;
-  {
-    py::gil_scoped_release nogil;
-    status =
-        cuda ? JIT_KERNEL(kernels::cast_float(s, as_dtype(src_dtype), d, as_dtype(dst_dtype), numel, as_stream(stream)))
-             : ref::cast_float(s, as_dtype(src_dtype), d, as_dtype(dst_dtype), numel);
-  }
-  check(status, __func__);
+  dispatch(
+      __func__, cuda,
+      [&] {
+        return JIT_KERNEL(
+            kernels::cast_float(s, as_dtype(src_dtype), d, as_dtype(dst_dtype), numel, as_stream(stream)));
+      },
+      [&] { return ref::cast_float(s, as_dtype(src_dtype), d, as_dtype(dst_dtype), numel); });
 }
 
 void preprocess_nhwc_u8(uintptr_t src, int64_t n, int64_t h, int64_t w, int64_t c, int64_t out_h, int64_t out_w,
                         const std::vector<float> &mean, const std::vector<float> &std, int mode, int out_dtype,
                         uintptr_t dst, bool cuda, [[maybe_unused]] uintptr_t stream) {
-  require_kernels(cuda, __func__);
   // mean and std are read as [c] arrays: a shorter vector would be read past its end.
   if (static_cast<int64_t>(mean.size()) != c || static_cast<int64_t>(std.size()) != c) {
     throw std::invalid_argument(std::string(__func__) + ": mean and std need c = " + std::to_string(c) +
@@ -202,15 +194,16 @@ void preprocess_nhwc_u8(uintptr_t src, int64_t n, int64_t h, int64_t w, int64_t 
   const auto *s = as_ptr<const uint8_t>(src);
   auto *d = as_ptr<void>(dst);
   const auto resize = static_cast<ResizeMode>(mode); // out-of-range values are rejected by check_preprocess
-  Status status;
-  {
-    py::gil_scoped_release nogil;
-    status = cuda ? JIT_KERNEL(kernels::preprocess_nhwc_u8(s, n, h, w, c, out_h, out_w, mean.data(), std.data(), resize,
-                                                           as_dtype(out_dtype), d, as_stream(stream)))
-                  : ref::preprocess_nhwc_u8(s, n, h, w, c, out_h, out_w, mean.data(), std.data(), resize,
-                                            as_dtype(out_dtype), d);
-  }
-  check(status, __func__);
+  dispatch(
+      __func__, cuda,
+      [&] {
+        return JIT_KERNEL(kernels::preprocess_nhwc_u8(s, n, h, w, c, out_h, out_w, mean.data(), std.data(), resize,
+                                                      as_dtype(out_dtype), d, as_stream(stream)));
+      },
+      [&] {
+        return ref::preprocess_nhwc_u8(s, n, h, w, c, out_h, out_w, mean.data(), std.data(), resize,
+                                       as_dtype(out_dtype), d);
+      });
 }
 
 } // namespace jit::python::ops
