@@ -1,11 +1,17 @@
-// Lossy transport (transport.h): the CPU references of the quantize kernels, applied per output in
+// Lossy transport (transport.h): the quantize kernels' contract on the CPU, applied per output in
 // blocks of rows (or samples) spread over the thread pool. Every block is a whole number of rows,
 // so the result is the same bits for any thread count.
+//
+// float32 outputs (the common case) take loops specialised here on the inline conversions of
+// float_formats.h, the same code the CPU references run, so the bits are the references' (and the
+// kernels'); tests/cpp/ops/test_transport.cpp compares them. Other dtypes call the references.
 #include "ops/transport.h"
 
 #include <algorithm>
+#include <array>
 
 #include "common/thread_pool.h"
+#include "ops/float_formats.h"
 #include "ops/ops_ref.h"
 
 namespace jit::ops {
@@ -98,6 +104,80 @@ uint8_t *at(void *p, int64_t element, size_t itemsize) {
   return static_cast<uint8_t *>(p) + static_cast<size_t>(element) * itemsize;
 }
 
+// ---- float32 fast loops (the references' formulas, without their per-element dtype dispatch) ----
+
+float absmax_f32(const float *x, int64_t n) {
+  float m = 0.0f;
+  for (int64_t i = 0; i < n; ++i)
+    m = std::fmax(m, fmt::finite_abs(x[i]));
+  return m;
+}
+
+// Quantizes `rows` rows of `cols` float32 values: one scale per row (qmax 448: fp8, 127: int8).
+void quantize_rows_f32(const float *src, int64_t rows, int64_t cols, bool fp8, uint8_t *dst, float *scales) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float *x = src + r * cols;
+    uint8_t *out = dst + r * cols;
+    const float scale = fmt::scale_from_absmax(absmax_f32(x, cols), fp8 ? kernels::kFp8E4M3Max : kernels::kInt8Max);
+    scales[r] = scale;
+    if (fp8) {
+      for (int64_t j = 0; j < cols; ++j)
+        out[j] = fmt::float_to_e4m3fn(x[j] / scale);
+    } else {
+      for (int64_t j = 0; j < cols; ++j)
+        out[j] = static_cast<uint8_t>(fmt::encode_int8(x[j] / scale));
+    }
+  }
+}
+
+// All 256 e4m3fn codes as float32 (exact), so restoring is one load and one multiply.
+const std::array<float, 256> &e4m3_table() {
+  static const std::array<float, 256> table = [] {
+    std::array<float, 256> t{};
+    for (int c = 0; c < 256; ++c)
+      t[static_cast<size_t>(c)] = fmt::e4m3fn_to_float(static_cast<uint8_t>(c));
+    return t;
+  }();
+  return table;
+}
+
+// dst[r, j] = value(code[r, j]) * scales[r] in float32, for `rows` rows of `cols`.
+void dequantize_rows_f32(const uint8_t *src, const float *scales, int64_t rows, int64_t cols, bool fp8, float *dst) {
+  const std::array<float, 256> &table = e4m3_table();
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint8_t *codes = src + r * cols;
+    float *out = dst + r * cols;
+    const float scale = scales[r];
+    if (fp8) {
+      for (int64_t j = 0; j < cols; ++j)
+        out[j] = table[codes[j]] * scale;
+    } else {
+      for (int64_t j = 0; j < cols; ++j)
+        out[j] = static_cast<float>(static_cast<int8_t>(codes[j])) * scale;
+    }
+  }
+}
+
+void cast_from_f32(const float *src, int64_t n, DType to, uint16_t *dst) {
+  if (to == DType::kBFloat16) {
+    for (int64_t i = 0; i < n; ++i)
+      dst[i] = fmt::float_to_bf16(src[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i)
+      dst[i] = fmt::float_to_fp16(src[i]);
+  }
+}
+
+void cast_to_f32(const uint16_t *src, int64_t n, DType from, float *dst) {
+  if (from == DType::kBFloat16) {
+    for (int64_t i = 0; i < n; ++i)
+      dst[i] = fmt::bf16_to_float(src[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i)
+      dst[i] = fmt::fp16_to_float(src[i]);
+  }
+}
+
 // The scales an answer must carry for `values` under `mode`.
 Shape expected_scales_shape(Transport mode, const Shape &values) {
   if (mode == Transport::kFp8Tensor) return Shape{values.empty() ? 1 : values[0]};
@@ -159,6 +239,11 @@ WireTensor encode_for_transport(const TensorView &output, Transport mode, size_t
     const FloatDtype dst_dtype = *float_dtype(out.values.dtype);
     const size_t dst_size = dtype_itemsize(out.values.dtype);
     for_blocks(numel, kBlockElements, max_threads, [&](int64_t first, int64_t count) {
+      if (output.dtype == DType::kFloat32) {
+        cast_from_f32(static_cast<const float *>(output.data) + first, count, out.values.dtype,
+                      reinterpret_cast<uint16_t *>(at(values, first, dst_size)));
+        return;
+      }
       check(ref::cast_float(at(output.data, first, src_size), src_dtype, at(values, first, dst_size), dst_dtype, count),
             what);
     });
@@ -171,6 +256,11 @@ WireTensor encode_for_transport(const TensorView &output, Transport mode, size_t
     float *scales = static_cast<float *>(const_cast<void *>(out.scales->data));
     for_blocks(r.rows, kBlockElements / std::max<int64_t>(r.cols, 1), max_threads, [&](int64_t first, int64_t count) {
       const void *src = at(output.data, first * r.cols, src_size);
+      if (output.dtype == DType::kFloat32) {
+        quantize_rows_f32(static_cast<const float *>(src), count, r.cols, mode == Transport::kFp8Rowwise,
+                          at(values, first * r.cols, 1), scales + first);
+        return;
+      }
       if (mode == Transport::kFp8Rowwise) {
         check(ref::quantize_fp8_rowwise(src, src_dtype, count, r.cols, at(values, first * r.cols, 1), scales + first),
               what);
@@ -188,6 +278,11 @@ WireTensor encode_for_transport(const TensorView &output, Transport mode, size_t
     out.scales = make_tensor(output.name, DType::kFloat32, Shape{batch});
     float *scales = static_cast<float *>(const_cast<void *>(out.scales->data));
     for_blocks(batch, 1, max_threads, [&](int64_t sample, int64_t) {
+      if (output.dtype == DType::kFloat32) {
+        quantize_rows_f32(static_cast<const float *>(output.data) + sample * per_sample, 1, per_sample, true,
+                          at(values, sample * per_sample, 1), scales + sample);
+        return;
+      }
       check(ref::quantize_fp8_per_tensor(at(output.data, sample * per_sample, src_size), src_dtype, per_sample,
                                          at(values, sample * per_sample, 1), scales + sample),
             what);
@@ -234,6 +329,11 @@ Tensor decode_from_transport(const TensorView &values, const TensorView *scales,
     const FloatDtype src_dtype = *float_dtype(values.dtype);
     const size_t src_size = dtype_itemsize(values.dtype);
     for_blocks(numel, kBlockElements, max_threads, [&](int64_t first, int64_t count) {
+      if (dtype == DType::kFloat32) {
+        cast_to_f32(reinterpret_cast<const uint16_t *>(at(values.data, first, src_size)), count, values.dtype,
+                    static_cast<float *>(dst) + first);
+        return;
+      }
       check(ref::cast_float(at(values.data, first, src_size), src_dtype, at(dst, first, dst_size), *dst_dtype, count),
             what);
     });
@@ -244,6 +344,11 @@ Tensor decode_from_transport(const TensorView &values, const TensorView *scales,
     const Rows r = rows_of(values.shape);
     for_blocks(r.rows, kBlockElements / std::max<int64_t>(r.cols, 1), max_threads, [&](int64_t first, int64_t count) {
       const uint8_t *src = at(values.data, first * r.cols, 1);
+      if (dtype == DType::kFloat32) {
+        dequantize_rows_f32(src, scale_data + first, count, r.cols, mode == Transport::kFp8Rowwise,
+                            static_cast<float *>(dst) + first * r.cols);
+        return;
+      }
       if (mode == Transport::kFp8Rowwise) {
         check(ref::dequantize_fp8_rowwise(src, scale_data + first, count, r.cols, at(dst, first * r.cols, dst_size),
                                           *dst_dtype),
@@ -260,6 +365,11 @@ Tensor decode_from_transport(const TensorView &values, const TensorView *scales,
     const int64_t batch = values.shape[0];
     const int64_t per_sample = batch > 0 ? numel / batch : 0;
     for_blocks(batch, 1, max_threads, [&](int64_t sample, int64_t) {
+      if (dtype == DType::kFloat32) {
+        dequantize_rows_f32(at(values.data, sample * per_sample, 1), scale_data + sample, 1, per_sample, true,
+                            static_cast<float *>(dst) + sample * per_sample);
+        return;
+      }
       check(ref::dequantize_fp8_per_tensor(at(values.data, sample * per_sample, 1), scale_data + sample, per_sample,
                                            at(dst, sample * per_sample, dst_size), *dst_dtype),
             what);

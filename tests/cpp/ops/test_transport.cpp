@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -99,6 +100,86 @@ TEST(Transport, RowwiseEqualsTheReferenceRowByRow) {
             kernels::kOk);
   EXPECT_EQ(std::memcmp(codes.data(), w.values.data, codes.size()), 0);
   EXPECT_EQ(std::memcmp(scales.data(), w.scales->data, scales.size() * 4), 0);
+}
+
+// float32 outputs take transport.cpp's own loops; every other path calls the references. Both must
+// give the references' bits, on any float32 bit pattern (NaN, Inf, subnormals, huge values).
+TEST(Transport, Float32LoopsEqualTheReferencesOnAnyBits) {
+  const int64_t rows = 64, cols = 96;
+  Tensor x = make_tensor("x", DType::kFloat32, {rows, cols});
+  uint32_t *bits = static_cast<uint32_t *>(const_cast<void *>(x.data));
+  std::mt19937 rng(11);
+  for (int64_t i = 0; i < rows * cols; ++i) {
+    // Half the rows random bit patterns, half Gaussian with specials sprinkled in.
+    if ((i / cols) % 2 == 0) {
+      bits[i] = rng();
+    } else {
+      const float specials[] = {0.0f,
+                                -0.0f,
+                                1e-40f,
+                                -3e-39f,
+                                1e30f,
+                                -464.0f,
+                                448.0f,
+                                65520.0f,
+                                6e-5f,
+                                std::numeric_limits<float>::infinity(),
+                                std::numeric_limits<float>::quiet_NaN()};
+      float v = std::normal_distribution<float>(0.0f, 4.0f)(rng);
+      if (rng() % 8 == 0) v = specials[rng() % 11];
+      std::memcpy(&bits[i], &v, 4);
+    }
+  }
+  using kernels::FloatDtype;
+  const size_t n = static_cast<size_t>(rows * cols);
+  { // fp8 and int8 rowwise, and their restore
+    for (Transport m : {Transport::kFp8Rowwise, Transport::kInt8Rowwise}) {
+      WireTensor w = encode_for_transport(x.view(), m);
+      std::vector<uint8_t> codes(n);
+      std::vector<float> scales(rows);
+      if (m == Transport::kFp8Rowwise) {
+        ASSERT_EQ(ref::quantize_fp8_rowwise(x.data, FloatDtype::kFloat32, rows, cols, codes.data(), scales.data()),
+                  kernels::kOk);
+      } else {
+        ASSERT_EQ(ref::quantize_int8_rowwise(x.data, FloatDtype::kFloat32, rows, cols,
+                                             reinterpret_cast<int8_t *>(codes.data()), scales.data()),
+                  kernels::kOk);
+      }
+      EXPECT_EQ(std::memcmp(codes.data(), w.values.data, n), 0) << transport_name(m);
+      EXPECT_EQ(std::memcmp(scales.data(), w.scales->data, scales.size() * 4), 0) << transport_name(m);
+      const TensorView sv = w.scales->view();
+      const Tensor back = decode_from_transport(w.values.view(), &sv, m, DType::kFloat32);
+      std::vector<float> want(n);
+      if (m == Transport::kFp8Rowwise) {
+        ref::dequantize_fp8_rowwise(codes.data(), scales.data(), rows, cols, want.data(), FloatDtype::kFloat32);
+      } else {
+        ref::dequantize_int8_rowwise(reinterpret_cast<const int8_t *>(codes.data()), scales.data(), rows, cols,
+                                     want.data(), FloatDtype::kFloat32);
+      }
+      EXPECT_EQ(std::memcmp(want.data(), back.data, n * 4), 0) << transport_name(m);
+    }
+  }
+  { // fp8 per sample
+    WireTensor w = encode_for_transport(x.view(), Transport::kFp8Tensor);
+    for (int64_t r = 0; r < rows; ++r) {
+      std::vector<uint8_t> codes(cols);
+      float scale = 0;
+      ref::quantize_fp8_per_tensor(floats(x) + r * cols, FloatDtype::kFloat32, cols, codes.data(), &scale);
+      EXPECT_EQ(std::memcmp(codes.data(), static_cast<const uint8_t *>(w.values.data) + r * cols, cols), 0) << r;
+      EXPECT_EQ(std::memcmp(&scale, floats(*w.scales) + r, 4), 0) << r;
+    }
+  }
+  for (Transport m : {Transport::kBFloat16, Transport::kFloat16}) { // casts, both ways
+    WireTensor w = encode_for_transport(x.view(), m);
+    const FloatDtype narrow = m == Transport::kBFloat16 ? FloatDtype::kBFloat16 : FloatDtype::kFloat16;
+    std::vector<uint16_t> want(n);
+    ref::cast_float(x.data, FloatDtype::kFloat32, want.data(), narrow, static_cast<int64_t>(n));
+    EXPECT_EQ(std::memcmp(want.data(), w.values.data, n * 2), 0) << transport_name(m);
+    const Tensor back = decode_from_transport(w.values.view(), nullptr, m, DType::kFloat32);
+    std::vector<float> wide(n);
+    ref::cast_float(want.data(), narrow, wide.data(), FloatDtype::kFloat32, static_cast<int64_t>(n));
+    EXPECT_EQ(std::memcmp(wide.data(), back.data, n * 4), 0) << transport_name(m);
+  }
 }
 
 TEST(Transport, RoundTripErrorOnGaussianData) {
