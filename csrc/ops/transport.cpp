@@ -122,10 +122,10 @@ void quantize_rows_f32(const float *src, int64_t rows, int64_t cols, bool fp8, u
     scales[r] = scale;
     if (fp8) {
       for (int64_t j = 0; j < cols; ++j)
-        out[j] = fmt::float_to_e4m3fn(x[j] / scale);
+        out[j] = fmt::float_to_e4m3fn_branchless(x[j] / scale);
     } else {
       for (int64_t j = 0; j < cols; ++j)
-        out[j] = static_cast<uint8_t>(fmt::encode_int8(x[j] / scale));
+        out[j] = static_cast<uint8_t>(fmt::encode_int8_branchless(x[j] / scale));
     }
   }
 }
@@ -164,7 +164,7 @@ void cast_from_f32(const float *src, int64_t n, DType to, uint16_t *dst) {
       dst[i] = fmt::float_to_bf16(src[i]);
   } else {
     for (int64_t i = 0; i < n; ++i)
-      dst[i] = fmt::float_to_fp16(src[i]);
+      dst[i] = fmt::float_to_fp16_branchless(src[i]);
   }
 }
 

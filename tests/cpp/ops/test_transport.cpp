@@ -3,12 +3,15 @@
 // malformed answers refused.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <random>
 #include <vector>
 
+#include "common/thread_pool.h"
+#include "ops/float_formats.h"
 #include "ops/ops_ref.h"
 #include "ops/transport.h"
 
@@ -180,6 +183,28 @@ TEST(Transport, Float32LoopsEqualTheReferencesOnAnyBits) {
     ref::cast_float(want.data(), narrow, wide.data(), FloatDtype::kFloat32, static_cast<int64_t>(n));
     EXPECT_EQ(std::memcmp(wide.data(), back.data, n * 4), 0) << transport_name(m);
   }
+}
+
+// The branchless encoders the float32 loops use agree with the plain ones on every float32 input.
+TEST(Transport, BranchlessEncodersEqualThePlainOnesOnAllInputs) {
+  std::atomic<uint64_t> fp8_mismatch{0}, int8_mismatch{0}, fp16_mismatch{0};
+  constexpr uint64_t kSlices = 256;
+  parallel_for(kSlices, [&](size_t slice) {
+    uint64_t bad8 = 0, bad_int = 0, bad16 = 0;
+    const uint64_t first = (uint64_t{1} << 32) / kSlices * slice;
+    for (uint64_t i = first; i < first + (uint64_t{1} << 32) / kSlices; ++i) {
+      const float x = fmt::from_bits(static_cast<uint32_t>(i));
+      bad8 += fmt::float_to_e4m3fn_branchless(x) != fmt::float_to_e4m3fn(x);
+      bad_int += fmt::encode_int8_branchless(x) != fmt::encode_int8(x);
+      bad16 += fmt::float_to_fp16_branchless(x) != fmt::float_to_fp16(x);
+    }
+    fp8_mismatch += bad8;
+    int8_mismatch += bad_int;
+    fp16_mismatch += bad16;
+  });
+  EXPECT_EQ(fp8_mismatch.load(), 0u);
+  EXPECT_EQ(int8_mismatch.load(), 0u);
+  EXPECT_EQ(fp16_mismatch.load(), 0u);
 }
 
 TEST(Transport, RoundTripErrorOnGaussianData) {
