@@ -149,6 +149,27 @@ Histogram &Registry::histogram(const std::string &name, const std::string &help,
   return *slot;
 }
 
+void Registry::hide(const std::string &label, const std::string &value) {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::string> &values = hidden_[label];
+  if (std::find(values.begin(), values.end(), value) == values.end()) values.push_back(value);
+}
+
+void Registry::show(const std::string &label, const std::string &value) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = hidden_.find(label);
+  if (it == hidden_.end()) return;
+  it->second.erase(std::remove(it->second.begin(), it->second.end(), value), it->second.end());
+}
+
+bool Registry::hidden(const Labels &labels) const {
+  for (const auto &[label, values] : hidden_) {
+    auto it = labels.find(label);
+    if (it != labels.end() && std::find(values.begin(), values.end(), it->second) != values.end()) return true;
+  }
+  return false;
+}
+
 std::string Registry::render() const {
   std::lock_guard<std::mutex> lock(mu_);
   std::string out;
@@ -157,10 +178,11 @@ std::string Registry::render() const {
     out += "# HELP " + name + " " + escape(f.help, false) + "\n";
     out += "# TYPE " + name + " " + kTypeNames[static_cast<int>(f.type)] + "\n";
     for (const auto &[labels, c] : f.counters)
-      out += name + label_text(labels) + " " + format_value(c->value()) + "\n";
+      if (!hidden(labels)) out += name + label_text(labels) + " " + format_value(c->value()) + "\n";
     for (const auto &[labels, g] : f.gauges)
-      out += name + label_text(labels) + " " + format_value(g->value()) + "\n";
+      if (!hidden(labels)) out += name + label_text(labels) + " " + format_value(g->value()) + "\n";
     for (const auto &[labels, h] : f.histograms) {
+      if (hidden(labels)) continue;
       auto counts = h->cumulative_counts();
       for (size_t i = 0; i < h->bounds().size(); ++i) {
         out += name + "_bucket" + label_text(labels, "le", format_value(h->bounds()[i])) + " " +

@@ -69,8 +69,15 @@ public:
   Histogram &histogram(const std::string &name, const std::string &help, const std::vector<double> &bounds,
                        const Labels &labels = {});
 
-  // The whole registry in the Prometheus text format, families in name order.
+  // The whole registry in the Prometheus text format, families in name order, without the hidden
+  // series (below).
   std::string render() const;
+
+  // Hides (or shows again) every series with label `label` = `value` from render(), e.g. an
+  // unloaded encoder's. The series live on, so references held elsewhere stay valid, and a series
+  // shown again continues from its value (counters never go down).
+  void hide(const std::string &label, const std::string &value);
+  void show(const std::string &label, const std::string &value);
 
 private:
   enum class Type { kCounter, kGauge, kHistogram };
@@ -83,8 +90,11 @@ private:
   };
   Family &family(const std::string &name, const std::string &help, Type type, const Labels &labels);
 
+  bool hidden(const Labels &labels) const;
+
   mutable std::mutex mu_;
   std::map<std::string, Family> families_;
+  std::map<std::string, std::vector<std::string>> hidden_; // label -> hidden values
 };
 
 } // namespace jit::metrics

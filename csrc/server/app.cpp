@@ -164,6 +164,7 @@ LoadResult App::load_held(const std::string &name, EncoderEntry entry) {
   } catch (const std::exception &e) {
     throw load_failure(name, e.what());
   }
+  registry_.show("encoder", name); // its series, hidden by an earlier unload, count on
   std::lock_guard<std::mutex> lock(mu_);
   entries_[name] = std::move(entry);
   return result;
@@ -201,6 +202,7 @@ std::string App::unload(const std::string &name) {
     std::lock_guard<std::mutex> lock(mu_);
     entries_.erase(name);
   }
+  registry_.hide("encoder", name); // until it is loaded again
   return "{\"encoder\": " + json_quote(name) + ", \"unloaded_version\": " + json_quote(info->version) + "}";
 }
 

@@ -33,6 +33,23 @@ TEST(Metrics, RendersCountersGaugesAndHistogramsInTextFormat) {
                         "jit_requests_total{encoder=\"vae\",outcome=\"ok\"} 3\n");
 }
 
+TEST(Metrics, HiddenSeriesLeaveTheOutputAndComeBackWithTheirValues) {
+  Registry r;
+  Counter &gone = r.counter("jit_x_total", "X.", {{"encoder", "old"}});
+  r.counter("jit_x_total", "X.", {{"encoder", "kept"}}).inc(2);
+  r.histogram("jit_y_seconds", "Y.", {1.0}, {{"encoder", "old"}}).observe(0.5);
+  gone.inc(3);
+  r.hide("encoder", "old");
+  const std::string hidden = r.render();
+  EXPECT_EQ(hidden.find("encoder=\"old\""), std::string::npos) << hidden;
+  EXPECT_NE(hidden.find("jit_x_total{encoder=\"kept\"} 2"), std::string::npos) << hidden;
+  gone.inc(); // a reference held across the hide stays valid
+  r.show("encoder", "old");
+  const std::string shown = r.render();
+  EXPECT_NE(shown.find("jit_x_total{encoder=\"old\"} 4"), std::string::npos) << shown;
+  EXPECT_NE(shown.find("jit_y_seconds_count{encoder=\"old\"} 1"), std::string::npos) << shown;
+}
+
 TEST(Metrics, SameLabelsSameSeries) {
   Registry r;
   Counter &a = r.counter("c", "h", {{"x", "1"}});

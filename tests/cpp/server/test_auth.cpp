@@ -222,9 +222,13 @@ TEST(Auth, UnloadAndDrainAreAdminRoutes) {
   EXPECT_NE(unloaded->body.find("\"unloaded_version\": \"scale=2.000000\""), std::string::npos) << unloaded->body;
   EXPECT_EQ(c.Post("/v1/encode/m", bearer(kToken), frame(), "application/octet-stream")->status, 404);
   EXPECT_EQ(c.Post("/v1/encoders/m/unload", bearer(kAdmin), "", "application/json")->status, 404);
-  // Loading it again brings it back.
+  // Its series leave /metrics (a dashboard would show a dead encoder otherwise)...
+  EXPECT_EQ(c.Get("/metrics", bearer(kToken))->body.find("encoder=\"m\""), std::string::npos);
+  // ...and loading it again brings it back, series included.
   EXPECT_EQ(c.Post("/v1/encoders/m/load", bearer(kAdmin), "{\"artifact\": \"m\"}", "application/json")->status, 200);
   EXPECT_EQ(c.Post("/v1/encode/m", bearer(kToken), frame(), "application/octet-stream")->status, 200);
+  EXPECT_NE(c.Get("/metrics", bearer(kToken))->body.find("jit_requests_total{encoder=\"m\",outcome=\"ok\"}"),
+            std::string::npos);
 
   EXPECT_EQ(c.Post("/v1/admin/drain", bearer(kToken), "", "application/json")->status, 403);
   auto drain = c.Post("/v1/admin/drain", bearer(kAdmin), "", "application/json");
