@@ -75,6 +75,9 @@ App::App(ServerConfig config, ExecutorFactory factory)
       drainer_ = std::thread([this] { begin_drain(); });
     }
   };
+  // GPU gauges when the machine has an NVIDIA driver; without one /metrics simply lacks them.
+  gpu_ = GpuMonitor::open(nullptr);
+  if (gpu_) hooks.refresh_metrics = [this] { gpu_->update(registry_); };
   // The tracer is process-wide: one capture at a time, whichever App asked for it.
   hooks.trace_start = [] { return trace::start(kTraceMaxEvents); };
   hooks.trace_stop = [] { return trace::to_chrome_json(trace::stop()); };

@@ -38,6 +38,7 @@
 #include "executor/executor.h"
 #include "server/cache_service.h"
 #include "server/config.h"
+#include "server/gpu_monitor.h"
 #include "server/http_server.h"
 
 namespace jit::server {
@@ -120,6 +121,7 @@ private:
   metrics::Registry registry_;
   engine::Engine engine_;
   std::unique_ptr<CacheService> cache_; // stores its last rows after HTTP has stopped
+  std::unique_ptr<GpuMonitor> gpu_;     // null without an NVIDIA driver; outlives http_'s handlers
   std::unique_ptr<HttpServer> http_;
 
   std::function<void()> drain_request_;

@@ -322,6 +322,7 @@ void HttpServer::install_routes() {
              }));
 
   http_->Get("/metrics", guarded([this](const httplib::Request &, httplib::Response &res) {
+               if (hooks_.refresh_metrics) hooks_.refresh_metrics();
                res.set_content(registry_.render(), kPrometheus);
              }));
 

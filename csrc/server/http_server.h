@@ -137,6 +137,9 @@ struct ServerHooks {
   // POST /v1/admin/drain: starts a graceful drain of the whole server and returns at once. Called
   // at most once. Empty: 404.
   std::function<void()> request_drain;
+  // GET /metrics: updates sampled series (the GPU gauges) just before the registry is rendered.
+  // Empty: nothing to sample.
+  std::function<void()> refresh_metrics;
 };
 
 class HttpServer {

@@ -74,7 +74,8 @@ endif()
 if(JIT_BUILD_TESTS)
   add_executable(test_server tests/cpp/server/test_errors.cpp tests/cpp/server/test_http_server.cpp
     tests/cpp/server/test_encode_handler.cpp tests/cpp/server/test_config.cpp tests/cpp/server/test_app.cpp
-    tests/cpp/server/test_cache_service.cpp tests/cpp/server/test_auth.cpp tests/cpp/common/test_trace.cpp)
+    tests/cpp/server/test_cache_service.cpp tests/cpp/server/test_auth.cpp tests/cpp/server/test_gpu_monitor.cpp
+    tests/cpp/common/test_trace.cpp)
   target_include_directories(test_server PRIVATE ${MSGPACK_INCLUDE_DIR})
   target_compile_definitions(test_server PRIVATE MSGPACK_NO_BOOST)
   # httplib's client drives the server over loopback; its flags must match the library's (see
