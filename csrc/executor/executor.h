@@ -6,6 +6,8 @@
 // error type.
 #pragma once
 
+#include <cstdint>
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -16,6 +18,13 @@ namespace jit::executor {
 class ExecutorError : public std::runtime_error {
 public:
   using std::runtime_error::runtime_error;
+};
+
+// What an executor on a GPU reports about its host staging (executor/device_staging.h).
+struct DeviceStats {
+  uint64_t pinned_bytes = 0;        // page-locked host memory held for staging now (leased or idle)
+  uint64_t pinned_leased_bytes = 0; // of it, in use now: a batch in flight, or outputs a caller still holds
+  uint64_t pinned_fallbacks = 0;    // stagings served from pageable memory: the pool was full (or pinning failed)
 };
 
 class Executor {
@@ -34,6 +43,10 @@ public:
   // engine threads at once (the engine runs `instances` threads per encoder).
   // Throws ExecutorError when the encoder cannot run the batch.
   virtual EncoderOutput run(const Batch &batch) = 0;
+
+  // Staging statistics of an executor that copies through pinned host memory (LibTorch on CUDA
+  // with streams on); nullopt for every other executor. Safe to call while run() is running.
+  virtual std::optional<DeviceStats> device_stats() const { return std::nullopt; }
 };
 
 } // namespace jit::executor

@@ -1,13 +1,40 @@
 // The LibTorch executors. This is the one translation unit of the server that includes torch.
+//
+// The CUDA path uses only torch's device-generic stream and event API, so this file compiles and
+// links against a CPU-only torch as well (the CUDA implementation registers itself at run time):
+//   c10/core/impl/VirtualGuardImpl.h  VirtualGuardImpl(DeviceType::CUDA): getDevice(),
+//                                     getStreamFromGlobalPool(Device, bool isHighPriority)
+//   c10/core/Stream.h                 c10::Stream, Stream::native_handle() (the cudaStream_t)
+//   c10/core/StreamGuard.h            c10::StreamGuard: sets the thread's device and current stream
+//   c10/core/Event.h                  c10::Event(DeviceType): record(), block(), synchronize()
+//   ATen/core/TensorBody.h            Tensor::record_stream(Stream), Tensor::copy_(src, non_blocking)
+//   c10/core/TensorOptions.h          TensorOptions::pinned_memory(true), for at::empty
+// Checked against the headers of torch 2.13 (the build machine's); not against 2.11 (the GPU
+// machine's), whose headers were not at hand. Event, StreamGuard, VirtualGuardImpl, record_stream
+// and pinned_memory are old (torch 1.x). The younger ones, which an older torch might lack or
+// spell differently, are Stream::native_handle() (backed by
+// DeviceGuardImplInterface::getStreamNativeHandle) and getStreamFromGlobalPool(Device, bool),
+// both from the 2.2/2.3 era as far as I know, and AOTIModelPackageLoader, whose constructor grew
+// parameters over 2.6-2.8; its run(inputs, void *stream_handle) has taken a stream since it
+// appeared. A compile error on 2.11 would name the one that differs.
 #include "executor/torch_executor.h"
 
 #include <ATen/Parallel.h>
+#include <c10/core/Event.h>
+#include <c10/core/Stream.h>
+#include <c10/core/StreamGuard.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/cuda.h>
 #include <torch/script.h>
 
+#include <cstring>
 #include <filesystem>
 #include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include "executor/device_staging.h"
 
 namespace jit::executor {
 
@@ -53,17 +80,48 @@ void configure_thread(int intra_op_threads) {
   configured = intra_op_threads;
 }
 
+// Page-locked host memory from torch's host allocator (cudaHostAlloc behind a cache that rounds
+// sizes up to powers of two): the staging pool's allocation policy on CUDA. The returned pointer
+// owns the tensor; freeing it hands the block back to torch's cache.
+std::shared_ptr<void> allocate_pinned(size_t bytes) {
+  auto block = std::make_shared<at::Tensor>(
+      at::empty({static_cast<int64_t>(bytes)}, at::TensorOptions(at::kByte).pinned_memory(true)));
+  return std::shared_ptr<void>(block, block->data_ptr());
+}
+
+// Inputs and outputs share a staging block, each at a 64-byte aligned offset (as make_tensor's are).
+size_t align64(size_t n) {
+  return (n + 63) / 64 * 64;
+}
+
 class TorchExecutorBase : public Executor {
 public:
   TorchExecutorBase(const Manifest &m, const TorchExecutorOptions &o)
-      : manifest_(m), options_(o), device_(resolve_device(m, o.device)) {}
+      : manifest_(m), options_(o), device_(resolve_device(m, o.device)) {
+    if (device_.is_cuda() && options_.streams) {
+      // "cuda" without an index is the current device, as in torch; the streams need a concrete one.
+      cuda_device_ = device_.has_index() ? device_ : c10::impl::VirtualGuardImpl(c10::DeviceType::CUDA).getDevice();
+      staging_ = std::make_unique<StagingPool>(options_.pinned_pool_bytes, allocate_pinned);
+    }
+  }
 
   const EncoderSpec &spec() const override { return manifest_.spec; }
   const std::string &version() const override { return manifest_.version; }
 
+  std::optional<DeviceStats> device_stats() const override {
+    if (!staging_) return std::nullopt;
+    const StagingStats s = staging_->stats();
+    DeviceStats d;
+    d.pinned_bytes = s.pooled_bytes;
+    d.pinned_leased_bytes = s.leased_bytes;
+    d.pinned_fallbacks = s.fallbacks;
+    return d;
+  }
+
   EncoderOutput run(const Batch &batch) override {
     configure_thread(options_.intra_op_threads);
     c10::InferenceMode guard;
+    if (staging_) return run_on_streams(batch);
     std::vector<at::Tensor> inputs;
     inputs.reserve(batch.inputs.size());
     for (const Tensor &t : batch.inputs) {
@@ -71,24 +129,11 @@ public:
       at::Tensor x = at::from_blob(const_cast<void *>(t.data), t.shape, at::TensorOptions(to_scalar_type(t.dtype)));
       inputs.push_back(device_.is_cpu() ? x : x.to(device_, /*non_blocking=*/false));
     }
-    std::vector<at::Tensor> outs = forward(inputs);
+    std::vector<at::Tensor> outs = forward(inputs, /*stream_handle=*/nullptr);
+    check_outputs(outs);
     const auto &want = manifest_.spec.outputs;
-    if (outs.size() != want.size()) {
-      throw ExecutorError(manifest_.name + ": the artifact returned " + std::to_string(outs.size()) +
-                          " outputs, its manifest lists " + std::to_string(want.size()));
-    }
     EncoderOutput result;
     for (size_t i = 0; i < outs.size(); ++i) {
-      if (outs[i].scalar_type() != to_scalar_type(want[i].dtype)) {
-        throw ExecutorError(manifest_.name + ": output '" + want[i].name + "' is " +
-                            std::string(c10::toString(outs[i].scalar_type())) + ", its manifest says " +
-                            std::string(dtype_name(want[i].dtype)));
-      }
-      if (outs[i].dim() != static_cast<int64_t>(want[i].shape.size())) {
-        throw ExecutorError(manifest_.name + ": output '" + want[i].name + "' has shape " +
-                            shape_text(outs[i].sizes()) + ", its manifest has rank " +
-                            std::to_string(want[i].shape.size()));
-      }
       // The holder keeps the (contiguous, host) storage alive for as long as any slice of it is used.
       auto holder = std::make_shared<at::Tensor>(outs[i].to(at::kCPU).contiguous());
       Tensor t;
@@ -104,7 +149,31 @@ public:
   }
 
 protected:
-  virtual std::vector<at::Tensor> forward(std::vector<at::Tensor> &inputs) = 0;
+  // Runs the artifact on `inputs` (on the executor's device). `stream_handle` is the cudaStream_t
+  // to run on, or nullptr for the thread's current stream; the streams path passes its compute
+  // stream, which is also the current stream then.
+  virtual std::vector<at::Tensor> forward(std::vector<at::Tensor> &inputs, void *stream_handle) = 0;
+
+  // The artifact returned what its manifest says: as many outputs, each of its dtype and rank.
+  void check_outputs(const std::vector<at::Tensor> &outs) const {
+    const auto &want = manifest_.spec.outputs;
+    if (outs.size() != want.size()) {
+      throw ExecutorError(manifest_.name + ": the artifact returned " + std::to_string(outs.size()) +
+                          " outputs, its manifest lists " + std::to_string(want.size()));
+    }
+    for (size_t i = 0; i < outs.size(); ++i) {
+      if (outs[i].scalar_type() != to_scalar_type(want[i].dtype)) {
+        throw ExecutorError(manifest_.name + ": output '" + want[i].name + "' is " +
+                            std::string(c10::toString(outs[i].scalar_type())) + ", its manifest says " +
+                            std::string(dtype_name(want[i].dtype)));
+      }
+      if (outs[i].dim() != static_cast<int64_t>(want[i].shape.size())) {
+        throw ExecutorError(manifest_.name + ": output '" + want[i].name + "' has shape " +
+                            shape_text(outs[i].sizes()) + ", its manifest has rank " +
+                            std::to_string(want[i].shape.size()));
+      }
+    }
+  }
 
   // The device to run on: the option, else the manifest's. CUDA needs a CUDA build of torch and a device.
   static at::Device resolve_device(const Manifest &m, const std::string &requested) {
@@ -133,6 +202,139 @@ protected:
   const Manifest manifest_;
   const TorchExecutorOptions options_;
   const at::Device device_;
+
+private:
+  // One runner (engine thread)'s streams and events. Only that thread uses them, so the events
+  // (which are not thread-safe) need no lock.
+  struct Runner {
+    c10::Stream copy;
+    c10::Stream compute;
+    c10::Event inputs_copied{c10::DeviceType::CUDA};    // on copy: the inputs are on the device
+    c10::Event outputs_computed{c10::DeviceType::CUDA}; // on compute: the forward is done
+    c10::Event outputs_copied{c10::DeviceType::CUDA};   // on copy: the outputs are in the host block
+    Runner(c10::Stream a, c10::Stream b) : copy(a), compute(b) {}
+  };
+
+  // This thread's runner, made on its first batch. The engine's threads live as long as the
+  // deployment that owns this executor, so the map holds `instances` entries.
+  Runner &runner() {
+    std::lock_guard<std::mutex> lock(runners_mu_);
+    std::unique_ptr<Runner> &r = runners_[std::this_thread::get_id()];
+    if (!r) {
+      // Two streams from torch's pool (created non-blocking, so they never wait on the legacy
+      // default stream); the pool hands them out round-robin, so runners get different ones.
+      c10::impl::VirtualGuardImpl cuda(c10::DeviceType::CUDA);
+      const c10::Stream copy = cuda.getStreamFromGlobalPool(cuda_device_, /*isHighPriority=*/false);
+      const c10::Stream compute = cuda.getStreamFromGlobalPool(cuda_device_, /*isHighPriority=*/false);
+      r = std::make_unique<Runner>(copy, compute);
+    }
+    return *r;
+  }
+
+  // The CUDA path with streams (see torch_executor.h for how batches overlap).
+  EncoderOutput run_on_streams(const Batch &batch) {
+    Runner &r = runner();
+    // 1. Pack the inputs into one pinned block. The runner reuses such blocks batch after batch:
+    //    this one goes back to the pool when run() returns, after every copy from it has finished.
+    std::vector<size_t> in_offsets;
+    size_t in_bytes = 0;
+    for (const Tensor &t : batch.inputs) {
+      in_offsets.push_back(align64(in_bytes));
+      in_bytes = in_offsets.back() + t.nbytes;
+    }
+    StagingBuffer in_block = staging_->acquire(in_bytes);
+    auto *in_base = static_cast<uint8_t *>(in_block.data);
+    for (size_t i = 0; i < batch.inputs.size(); ++i) {
+      if (batch.inputs[i].nbytes > 0)
+        std::memcpy(in_base + in_offsets[i], batch.inputs[i].data, batch.inputs[i].nbytes);
+    }
+
+    std::vector<at::Tensor> inputs;
+    inputs.reserve(batch.inputs.size());
+    try {
+      // 2. Host to device on the copy stream. The device tensors are allocated on the copy
+      //    stream (the current one here) and used on the compute stream: record_stream tells the
+      //    caching allocator not to reuse their memory before the compute stream is past them.
+      {
+        c10::StreamGuard on_copy(r.copy);
+        for (size_t i = 0; i < batch.inputs.size(); ++i) {
+          const Tensor &t = batch.inputs[i];
+          const at::TensorOptions type(to_scalar_type(t.dtype));
+          at::Tensor host = at::from_blob(in_base + in_offsets[i], t.shape, type);
+          at::Tensor dev = at::empty(t.shape, type.device(cuda_device_));
+          dev.copy_(host, /*non_blocking=*/true);
+          dev.record_stream(r.compute);
+          inputs.push_back(std::move(dev));
+        }
+        r.inputs_copied.record(r.copy);
+      }
+      // 3. The forward on the compute stream, after the copy. The model's own allocations are
+      //    made on the compute stream too, as it is the current one.
+      std::vector<at::Tensor> outs;
+      {
+        c10::StreamGuard on_compute(r.compute);
+        r.inputs_copied.block(r.compute);
+        outs = forward(inputs, r.compute.native_handle());
+        r.outputs_computed.record(r.compute);
+      }
+      check_outputs(outs);
+      // 4. Device to host into one pinned block on the copy stream, after the forward; then wait
+      //    for that copy. The block is leased to the returned tensors: it goes back to the pool
+      //    only when the last of them (and every slice the engine cut from them) is released.
+      std::vector<size_t> out_offsets;
+      size_t out_bytes = 0;
+      for (const at::Tensor &o : outs) {
+        out_offsets.push_back(align64(out_bytes));
+        out_bytes = out_offsets.back() + o.nbytes();
+      }
+      StagingBuffer out_block = staging_->acquire(out_bytes);
+      auto *out_base = static_cast<uint8_t *>(out_block.data);
+      {
+        c10::StreamGuard on_copy(r.copy);
+        r.outputs_computed.block(r.copy);
+        for (size_t i = 0; i < outs.size(); ++i) {
+          at::Tensor host =
+              at::from_blob(out_base + out_offsets[i], outs[i].sizes(), at::TensorOptions(outs[i].scalar_type()));
+          host.copy_(outs[i], /*non_blocking=*/true); // strided outputs come back contiguous
+          if (outs[i].device().is_cuda()) outs[i].record_stream(r.copy);
+        }
+        r.outputs_copied.record(r.copy);
+      }
+      // After this every copy from the input block has finished as well: the output copy waited
+      // for the forward, which waited for the input copy.
+      r.outputs_copied.synchronize();
+      const auto &want = manifest_.spec.outputs;
+      EncoderOutput result;
+      for (size_t i = 0; i < outs.size(); ++i) {
+        Tensor t;
+        t.name = want[i].name;
+        t.dtype = want[i].dtype;
+        t.shape.assign(outs[i].sizes().begin(), outs[i].sizes().end());
+        t.data = out_base + out_offsets[i];
+        t.nbytes = outs[i].nbytes();
+        t.owner = std::shared_ptr<const void>(out_block.owner, t.data);
+        result.outputs.push_back(std::move(t));
+      }
+      return result;
+    } catch (...) {
+      // The input block must not go back to the pool (and be refilled by another batch) while a
+      // copy from it may still run, so wait for everything on the copy stream before it is
+      // released (the input copies may have failed halfway, before their event was recorded).
+      // The output block is only released before its copy finished when that wait itself fails:
+      // a CUDA error, which leaves the context unusable for any later copy.
+      try {
+        r.copy.synchronize();
+      } catch (...) {
+        // A failed wait is a CUDA error too; the original error is the one to report.
+      }
+      throw;
+    }
+  }
+
+  c10::Device cuda_device_{c10::DeviceType::CUDA, 0};
+  std::unique_ptr<StagingPool> staging_; // CUDA with streams only
+  std::mutex runners_mu_;
+  std::unordered_map<std::thread::id, std::unique_ptr<Runner>> runners_;
 };
 
 class AotiExecutor : public TorchExecutorBase {
@@ -156,9 +358,9 @@ public:
   }
 
 protected:
-  std::vector<at::Tensor> forward(std::vector<at::Tensor> &inputs) override {
+  std::vector<at::Tensor> forward(std::vector<at::Tensor> &inputs, void *stream_handle) override {
     try {
-      return loader_->run(inputs);
+      return loader_->run(inputs, stream_handle);
     } catch (const std::exception &e) {
       throw ExecutorError(manifest_.name + ": " + e.what());
     }
@@ -186,7 +388,8 @@ public:
   }
 
 protected:
-  std::vector<at::Tensor> forward(std::vector<at::Tensor> &inputs) override {
+  // TorchScript runs on the thread's current stream (the compute stream on the streams path).
+  std::vector<at::Tensor> forward(std::vector<at::Tensor> &inputs, void * /*stream_handle*/) override {
     std::vector<c10::IValue> args(inputs.begin(), inputs.end());
     c10::IValue out;
     try {

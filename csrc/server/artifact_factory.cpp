@@ -22,6 +22,8 @@ std::shared_ptr<executor::Executor> load_artifact_executor(const EncoderEntry &e
   options.num_runners = entry.engine.instances;
   options.intra_op_threads = entry.intra_op_threads;
   options.memory_budget_bytes = entry.memory_budget_bytes;
+  options.pinned_pool_bytes = entry.pinned_pool_bytes;
+  options.streams = entry.cuda_streams;
   return executor::load_torch_executor(manifest, options);
 #else
   throw ServerError(ServerError::Code::kUnprocessable, "this build has no LibTorch, so it cannot load " +

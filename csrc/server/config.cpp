@@ -131,10 +131,10 @@ std::string absolute_from(const std::string &p, const std::string &base_dir) {
   return normal.string();
 }
 
-const std::vector<std::string> kEncoderKeys = {"name",           "artifact",  "factory",          "options",
-                                               "device",         "dtype",     "max_batch_size",   "max_queue_delay_us",
-                                               "max_queue_size", "instances", "intra_op_threads", "memory_budget_mb",
-                                               "length_buckets", "cache"};
+const std::vector<std::string> kEncoderKeys = {
+    "name",           "artifact",           "factory",        "options",   "device",           "dtype",
+    "max_batch_size", "max_queue_delay_us", "max_queue_size", "instances", "intra_op_threads", "memory_budget_mb",
+    "pinned_pool_mb", "cuda_streams",       "length_buckets", "cache"};
 
 // Applies one encoder map's keys to `e`. `artifact` is taken verbatim; callers resolve it.
 void apply_encoder_keys(const YAML::Node &n, const std::string &path, EncoderEntry &e, bool *saw_artifact,
@@ -180,6 +180,10 @@ void apply_encoder_keys(const YAML::Node &n, const std::string &path, EncoderEnt
       e.intra_op_threads = static_cast<int>(integer(v, at, 0, 4096, "an integer in [0, 4096]"));
     } else if (key == "memory_budget_mb") {
       e.memory_budget_bytes = static_cast<size_t>(integer(v, at, 0, int64_t{1} << 40, "a non-negative integer")) << 20;
+    } else if (key == "pinned_pool_mb") {
+      e.pinned_pool_bytes = static_cast<size_t>(integer(v, at, 0, int64_t{1} << 40, "a non-negative integer")) << 20;
+    } else if (key == "cuda_streams") {
+      e.cuda_streams = boolean(v, at);
     } else if (key == "length_buckets") {
       if (!v.IsSequence()) fail(at, "must be a list of positive integers, got " + shown(v));
       std::vector<int64_t> buckets;

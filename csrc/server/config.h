@@ -37,6 +37,8 @@
 //       instances: 1
 //       intra_op_threads: 0
 //       memory_budget_mb: 0
+//       pinned_pool_mb: 256       # CUDA: pinned host staging per encoder; larger batches use pageable memory
+//       cuda_streams: true        # CUDA: a copy and a compute stream per instance (overlap needs instances >= 2)
 //       length_buckets: [16, 32, 64, 128, 256, 512]
 //       cache: true               # false: this encoder's outputs are never cached (non-deterministic)
 //   cache:                        # the embedding cache (server/cache_service.h); every key optional
@@ -90,7 +92,9 @@ struct EncoderEntry {
   engine::EncoderConfig engine;    // batching, instances, length buckets
   int intra_op_threads = 0;        // CPU threads inside one forward; 0 = torch's default
   size_t memory_budget_bytes = 0;  // CUDA: refuse a load that needs more; 0 = no check
-  bool cache = true;               // outputs go through the server's cache (when it is enabled)
+  size_t pinned_pool_bytes = size_t{256} << 20; // CUDA with streams: pinned staging bound (TorchExecutorOptions)
+  bool cuda_streams = true;                     // CUDA: per-instance copy and compute streams
+  bool cache = true;                            // outputs go through the server's cache (when it is enabled)
 };
 
 // The server's embedding cache, as configured (server/cache_service.h).

@@ -103,6 +103,20 @@ if(JIT_BUILD_TESTS)
   gtest_discover_tests(test_executor DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 60)
 endif()
 
+# The LibTorch executor's CUDA path: the pinned staging pool's bookkeeping on pageable memory
+# (torch-free, runs everywhere), a TorchScript encoder on CPU, and on CUDA streams on vs off vs CPU,
+# concurrent runners with held outputs, the pinned bound and the engine with two instances (these
+# skip without a CUDA device). Built only with LibTorch.
+if(JIT_BUILD_TESTS AND TARGET jit_executor_torch)
+  add_executable(test_torch_executor tests/cpp/executor/test_device_staging.cpp
+    tests/cpp/executor/test_torch_executor_gpu.cpp)
+  target_include_directories(test_torch_executor PRIVATE ${TORCH_INCLUDE_DIRS})
+  target_compile_options(test_torch_executor PRIVATE ${TORCH_CXX_FLAGS})
+  target_link_libraries(test_torch_executor PRIVATE jit_executor_torch jit_engine ${TORCH_LIBRARIES} GTest::gtest_main)
+  set_target_properties(test_torch_executor PROPERTIES BUILD_RPATH "${JIT_TORCH_RPATH}")
+  gtest_discover_tests(test_torch_executor DISCOVERY_TIMEOUT 120 PROPERTIES TIMEOUT 300)
+endif()
+
 # The client (csrc/client): pooling, retries, deadlines, health, balancing and fork safety against
 # real in-process servers (HttpServer with a scriptable echo hook, and App with the engine's
 # AffineExecutor) on 127.0.0.1.

@@ -75,6 +75,8 @@ encoders:
     instances: 2
     intra_op_threads: 4
     memory_budget_mb: 512
+    pinned_pool_mb: 64
+    cuda_streams: false
     length_buckets: [16, 32, 77]
   - name: py.module_1
     factory: mypkg.mod:make
@@ -118,6 +120,8 @@ encoders:
   EXPECT_EQ(clip.engine.instances, 2u);
   EXPECT_EQ(clip.intra_op_threads, 4);
   EXPECT_EQ(clip.memory_budget_bytes, size_t{512} << 20);
+  EXPECT_EQ(clip.pinned_pool_bytes, size_t{64} << 20);
+  EXPECT_FALSE(clip.cuda_streams);
   EXPECT_EQ(clip.engine.length_buckets, (std::vector<int64_t>{16, 32, 77}));
 
   const EncoderEntry &py = c.encoders[1];
@@ -133,6 +137,8 @@ encoders:
   EXPECT_EQ(py.engine.batching.max_queue_delay, defaults.engine.batching.max_queue_delay);
   EXPECT_EQ(py.engine.instances, 1u);
   EXPECT_TRUE(py.engine.length_buckets.empty());
+  EXPECT_EQ(py.pinned_pool_bytes, size_t{256} << 20) << "256 MiB of pinned staging per encoder by default";
+  EXPECT_TRUE(py.cuda_streams) << "CUDA streams are on by default";
 }
 
 TEST(Config, EmptyDocumentAndEmptySectionsAreDefaults) {
@@ -181,6 +187,14 @@ TEST(Config, ErrorsNameTheKeyPath) {
        "encoders[0].max_queue_delay_us: must be a non-negative integer, got -5"},
       {"encoders:\n  - {name: a, artifact: x, memory_budget_mb: lots}",
        "encoders[0].memory_budget_mb: must be a non-negative integer, got lots"},
+      {"encoders:\n  - {name: a, artifact: x, pinned_pool_mb: -1}",
+       "encoders[0].pinned_pool_mb: must be a non-negative integer, got -1"},
+      {"encoders:\n  - {name: a, artifact: x, pinned_pool_mb: 1.5}",
+       "encoders[0].pinned_pool_mb: must be a non-negative integer, got 1.5"},
+      {"encoders:\n  - {name: a, artifact: x, cuda_streams: 2}",
+       "encoders[0].cuda_streams: must be true or false, got 2"},
+      {"encoders:\n  - {name: a, artifact: x, cuda_streams: 'yes'}",
+       "encoders[0].cuda_streams: must be true or false, got 'yes'"},
       {"encoders:\n  - {artifact: x}", "encoders[0].name: missing"},
       {"encoders:\n  - {name: 'a b', artifact: x}", "encoders[0].name: must be 1 to 128 of [A-Za-z0-9._-], got 'a b'"},
       {"encoders:\n" + ok_entry + ok_entry, "encoders[1].name: duplicate encoder name 'a' (also encoders[0])"},
@@ -365,6 +379,12 @@ TEST(LoadRequest, OverridesApplyOverTheServingEntry) {
   EXPECT_EQ(e.engine.batching.max_batch_size, 4u);
   EXPECT_EQ(e.engine.instances, 3u) << "keys not given keep the serving entry's values";
   EXPECT_EQ(e.engine.length_buckets, (std::vector<int64_t>{8}));
+
+  // The CUDA staging keys apply over the serving entry like any other; 0 MiB is allowed (no pinned staging).
+  e = parse_load_request(R"({"pinned_pool_mb": 0, "cuda_streams": false})", "clip", base, r.root.string());
+  EXPECT_EQ(e.pinned_pool_bytes, 0u);
+  EXPECT_FALSE(e.cuda_streams);
+  EXPECT_EQ(e.artifact, base.artifact);
 
   // No body, or {}: reload the same artifact with the same settings.
   for (const char *body : {"", "{}"}) {
