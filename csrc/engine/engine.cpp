@@ -161,7 +161,9 @@ public:
     return f;
   }
 
-  EncoderInfo info() const { return {name_, exec_->version(), exec_->spec(), config_, batcher_.queued_samples()}; }
+  EncoderInfo info() const {
+    return {name_, exec_->version(), exec_->spec(), config_, batcher_.queued_samples(), exec_->device_stats()};
+  }
 
 private:
   void loop() {

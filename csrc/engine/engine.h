@@ -66,6 +66,7 @@ struct EncoderInfo {
   EncoderSpec spec;
   EncoderConfig config;
   size_t queued_samples = 0;
+  std::optional<executor::DeviceStats> device; // the executor's pinned staging (LibTorch on CUDA), else none
 };
 
 class Engine {

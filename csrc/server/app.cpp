@@ -77,7 +77,7 @@ App::App(ServerConfig config, ExecutorFactory factory)
   };
   // GPU gauges when the machine has an NVIDIA driver; without one /metrics simply lacks them.
   gpu_ = GpuMonitor::open(nullptr);
-  if (gpu_) hooks.refresh_metrics = [this] { gpu_->update(registry_); };
+  hooks.refresh_metrics = [this] { refresh_device_metrics(); };
   // The tracer is process-wide: one capture at a time, whichever App asked for it.
   hooks.trace_start = [] { return trace::start(kTraceMaxEvents); };
   hooks.trace_stop = [] { return trace::to_chrome_json(trace::stop()); };
@@ -207,6 +207,22 @@ std::string App::unload(const std::string &name) {
   }
   registry_.hide("encoder", name); // until it is loaded again
   return "{\"encoder\": " + json_quote(name) + ", \"unloaded_version\": " + json_quote(info->version) + "}";
+}
+
+void App::refresh_device_metrics() {
+  if (gpu_) gpu_->update(registry_);
+  for (const engine::EncoderInfo &info : engine_.encoders()) {
+    if (!info.device) continue;
+    const metrics::Labels labels{{"encoder", info.name}};
+    registry_.gauge("jit_pinned_staging_bytes", "Page-locked host memory the encoder holds for staging.", labels)
+        .set(static_cast<double>(info.device->pinned_bytes));
+    registry_.gauge("jit_pinned_staging_leased_bytes", "Of it, in use by a batch or by outputs still held.", labels)
+        .set(static_cast<double>(info.device->pinned_leased_bytes));
+    registry_
+        .gauge("jit_pinned_staging_fallbacks", "Batches staged in pageable memory because the pool was full (a count).",
+               labels)
+        .set(static_cast<double>(info.device->pinned_fallbacks));
+  }
 }
 
 std::string App::encoders_json() const {

@@ -113,6 +113,9 @@ private:
   std::shared_ptr<std::mutex> load_lock(const std::string &name);
   // load() once the caller holds load_lock(name).
   LoadResult load_held(const std::string &name, EncoderEntry entry);
+  // Before each /metrics scrape: the GPU gauges (NVML) and each encoder's pinned staging gauges
+  // (jit_pinned_staging_bytes, _leased_bytes, _fallbacks {encoder}), for executors that stage.
+  void refresh_device_metrics();
 
   const ServerConfig config_;
   const ExecutorFactory factory_;

@@ -375,5 +375,26 @@ TEST(App, DrainRefusesLoadsAndEncodes) {
   EXPECT_THROW(app.load("a", app.config().encoders[0]), ServerError);
 }
 
+// An executor that stages through pinned memory (as LibTorch on CUDA does) reports it in /metrics.
+class StagingAffine : public AffineExecutor {
+public:
+  StagingAffine() : AffineExecutor(2.0f) {}
+  std::optional<executor::DeviceStats> device_stats() const override { return executor::DeviceStats{1 << 20, 4096, 3}; }
+};
+
+TEST(App, StagingExecutorsReportTheirPinnedMemory) {
+  Artifacts art;
+  App app(two_encoders(art), [](const EncoderEntry &entry) -> std::shared_ptr<executor::Executor> {
+    if (entry.name == "a") return std::make_shared<StagingAffine>();
+    return affine_factory(entry);
+  });
+  const int port = app.start();
+  const std::string text = client(port).Get("/metrics")->body;
+  EXPECT_NE(text.find("jit_pinned_staging_bytes{encoder=\"a\"} 1048576"), std::string::npos) << text;
+  EXPECT_NE(text.find("jit_pinned_staging_leased_bytes{encoder=\"a\"} 4096"), std::string::npos) << text;
+  EXPECT_NE(text.find("jit_pinned_staging_fallbacks{encoder=\"a\"} 3"), std::string::npos) << text;
+  EXPECT_EQ(text.find("jit_pinned_staging_bytes{encoder=\"b\"}"), std::string::npos) << text; // b does not stage
+}
+
 } // namespace
 } // namespace jit::server
