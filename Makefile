@@ -9,6 +9,7 @@
 #   make fuzz     libFuzzer for FUZZ_SECONDS each on the frame decoder and on the server's request
 #                 handling (clang-14; our code built with coverage, ASan and UBSan)
 #   make test-asan  the C++ tests built with ASan + UBSan, run with LeakSanitizer (docs/testing.md)
+#   make gpu-kit  pack build/gpu-kit, what a bare GPU machine lacks to build and test (docs/testing.md "GPU checks")
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3
@@ -21,7 +22,7 @@ JOBS ?= $(shell nproc)
 CMAKE_ARGS := -DJIT_BUILD_TESTS=ON
 INSTALL_STAMP := build/.installed
 
-.PHONY: setup build test test-cpp test-python fuzz test-asan demo bench soak lint format clean
+.PHONY: setup build test test-cpp test-python fuzz test-asan gpu-kit demo bench soak lint format clean
 
 setup:
 	@PYTHON=$(PYTHON) scripts/setup.sh
@@ -90,6 +91,11 @@ test-asan: setup
 	  ctest --test-dir $(ASAN_DIR) --output-on-failure -j $(ASAN_JOBS) -E '$(ASAN_EXCLUDE)' > $(ASAN_DIR)/ctest.log 2>&1 \
 	  || (cat $(ASAN_DIR)/ctest.log; exit 1)
 	@grep -E "tests passed" $(ASAN_DIR)/ctest.log
+
+# Debian's -dev packages and the wheels the build imports, unpacked for a GPU machine without apt or network; there,
+# `scripts/gpu_kit.sh check` builds and runs the GPU tests and benchmarks/gpu.py. Idempotent, quiet when done.
+gpu-kit:
+	@PYTHON=$(PYTHON) scripts/gpu_kit.sh pack
 
 demo: build
 	@$(PYTHON) examples/train_text_to_image.py
