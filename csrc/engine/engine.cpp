@@ -161,9 +161,8 @@ public:
     return f;
   }
 
-  EncoderInfo info() const {
-    return {name_, exec_->version(), exec_->spec(), config_, batcher_.queued_samples(), exec_->device_stats()};
-  }
+  EncoderInfo info() const { return {name_, exec_->version(), exec_->spec(), config_, batcher_.queued_samples()}; }
+  std::optional<executor::DeviceStats> device_stats() const { return exec_->device_stats(); }
 
 private:
   void loop() {
@@ -367,6 +366,15 @@ std::vector<EncoderInfo> Engine::encoders() const {
   std::vector<EncoderInfo> out;
   for (const auto &[name, d] : deployments_)
     out.push_back(d->info());
+  return out;
+}
+
+std::map<std::string, executor::DeviceStats> Engine::device_stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::map<std::string, executor::DeviceStats> out;
+  for (const auto &[name, d] : deployments_) {
+    if (std::optional<executor::DeviceStats> s = d->device_stats()) out.emplace(name, *s);
+  }
   return out;
 }
 

@@ -66,7 +66,6 @@ struct EncoderInfo {
   EncoderSpec spec;
   EncoderConfig config;
   size_t queued_samples = 0;
-  std::optional<executor::DeviceStats> device; // the executor's pinned staging (LibTorch on CUDA), else none
 };
 
 class Engine {
@@ -98,6 +97,9 @@ public:
   std::vector<EncoderInfo> encoders() const;
   // The encoder serving `name` now (its version and spec), or nullopt when none does.
   std::optional<EncoderInfo> info(const std::string &name) const;
+  // Encoder name -> its executor's pinned staging statistics, for the executors that stage
+  // (LibTorch on CUDA); for /metrics, apart from info(), which the request path calls.
+  std::map<std::string, executor::DeviceStats> device_stats() const;
 
   // Stops admissions, finishes every queued request, and joins all executor threads.
   void drain();

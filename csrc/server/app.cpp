@@ -53,9 +53,7 @@ App::App(ServerConfig config, ExecutorFactory factory)
   hooks.encode = [this](const std::string &name, const codec::DecodedFrame &frame,
                         std::optional<std::chrono::system_clock::time_point> deadline) {
     ResponseOptions response;
-    // An unknown encoder has no outputs to check the transport against: the engine answers 404.
-    if (std::optional<engine::EncoderInfo> info = engine_.info(name))
-      response.transport = parse_transport(frame.meta_msgpack, info->spec);
+    response.transport = parse_transport(frame.meta_msgpack, engine_, name);
     if (cache_) return cache_->encode(name, cacheable(name), frame, deadline, response);
     return handle_encode(engine_, name, frame, deadline, response, &registry_);
   };
@@ -211,17 +209,16 @@ std::string App::unload(const std::string &name) {
 
 void App::refresh_device_metrics() {
   if (gpu_) gpu_->update(registry_);
-  for (const engine::EncoderInfo &info : engine_.encoders()) {
-    if (!info.device) continue;
-    const metrics::Labels labels{{"encoder", info.name}};
+  for (const auto &[name, stats] : engine_.device_stats()) {
+    const metrics::Labels labels{{"encoder", name}};
     registry_.gauge("jit_pinned_staging_bytes", "Page-locked host memory the encoder holds for staging.", labels)
-        .set(static_cast<double>(info.device->pinned_bytes));
+        .set(static_cast<double>(stats.pinned_bytes));
     registry_.gauge("jit_pinned_staging_leased_bytes", "Of it, in use by a batch or by outputs still held.", labels)
-        .set(static_cast<double>(info.device->pinned_leased_bytes));
+        .set(static_cast<double>(stats.pinned_leased_bytes));
     registry_
         .gauge("jit_pinned_staging_fallbacks", "Batches staged in pageable memory because the pool was full (a count).",
                labels)
-        .set(static_cast<double>(info.device->pinned_fallbacks));
+        .set(static_cast<double>(stats.pinned_fallbacks));
   }
 }
 

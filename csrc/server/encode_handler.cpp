@@ -38,9 +38,14 @@ ops::Transport transport_mode(const msgpack::object &o, const std::string &what)
 // The outputs a request's transport changes, with their wire forms (kept alive until the frame is
 // written) and the response meta's "transport" map.
 struct Narrowed {
+  struct Changed {
+    TensorView original;
+    ops::Transport mode;
+    size_t saved_bytes; // the original's size minus its values' and scales'
+  };
   std::vector<TensorView> views;
   std::vector<Tensor> owned;
-  std::vector<std::pair<TensorView, ops::Transport>> changed; // the original outputs
+  std::vector<Changed> changed;
 };
 
 Narrowed narrow_outputs(const std::vector<TensorView> &outputs, const TransportPlan &plan) {
@@ -54,26 +59,32 @@ Narrowed narrow_outputs(const std::vector<TensorView> &outputs, const TransportP
       continue;
     }
     ops::WireTensor w = ops::encode_for_transport(o, it->second);
+    size_t wire = w.values.nbytes;
     n.views.push_back(w.values.view());
     n.owned.push_back(std::move(w.values));
     if (w.scales) {
       w.scales->name = o.name + std::string(kScaleSuffix);
+      wire += w.scales->nbytes;
       n.views.push_back(w.scales->view());
       n.owned.push_back(std::move(*w.scales));
     }
-    n.changed.emplace_back(o, it->second);
+    n.changed.push_back({o, it->second, o.nbytes > wire ? o.nbytes - wire : 0});
   }
   return n;
 }
 
 } // namespace
 
-TransportPlan parse_transport(const std::string &meta_msgpack, const EncoderSpec &spec) {
+TransportPlan parse_transport(const std::string &meta_msgpack, const engine::Engine &engine,
+                              const std::string &encoder) {
   TransportPlan plan;
   if (meta_msgpack.empty()) return plan;
   msgpack::object_handle h = cache_meta::unpack_meta(meta_msgpack);
   const msgpack::object *field = cache_meta::field(h.get(), "transport");
   if (field == nullptr || field->type == msgpack::type::NIL) return plan;
+  const std::optional<engine::EncoderInfo> info = engine.info(encoder);
+  if (!info) return plan;
+  const EncoderSpec &spec = info->spec;
   auto unprocessable = [](const std::string &msg) { throw ServerError(ServerError::Code::kUnprocessable, msg); };
   if (field->type == msgpack::type::MAP) {
     std::optional<ops::Transport> rest; // key "*": every floating-point output not named
@@ -189,17 +200,17 @@ std::string encode_response(const std::string &encoder, const std::string &versi
   if (!narrowed.changed.empty()) {
     pk.pack(std::string_view("transport"));
     pk.pack_map(static_cast<uint32_t>(narrowed.changed.size()));
-    for (const auto &[o, mode] : narrowed.changed) {
-      const bool scales = ops::transport_has_scales(mode);
-      pk.pack(o.name);
+    for (const Narrowed::Changed &c : narrowed.changed) {
+      const bool scales = ops::transport_has_scales(c.mode);
+      pk.pack(c.original.name);
       pk.pack_map(scales ? 3 : 2);
       pk.pack(std::string_view("mode"));
-      pk.pack(ops::transport_name(mode));
+      pk.pack(ops::transport_name(c.mode));
       pk.pack(std::string_view("dtype"));
-      pk.pack(dtype_name(o.dtype));
+      pk.pack(dtype_name(c.original.dtype));
       if (scales) {
         pk.pack(std::string_view("scales"));
-        pk.pack(o.name + std::string(kScaleSuffix));
+        pk.pack(c.original.name + std::string(kScaleSuffix));
       }
     }
   }
@@ -223,15 +234,12 @@ std::string encode_response(const std::string &encoder, const std::string &versi
         ->histogram("jit_serialize_seconds", "Time to build a response frame (meta, compression, copy).", kBounds,
                     {{"encoder", encoder}})
         .observe(seconds);
-    for (const auto &[o, mode] : narrowed.changed) {
-      size_t wire = 0;
-      for (const TensorView &v : narrowed.views)
-        if (v.name == o.name || v.name == o.name + std::string(kScaleSuffix)) wire += v.nbytes;
+    for (const Narrowed::Changed &c : narrowed.changed) {
       metrics
           ->counter("jit_transport_saved_bytes_total",
                     "Response bytes lossy transport saved (exact size minus values and scales).",
-                    {{"encoder", encoder}, {"mode", std::string(ops::transport_name(mode))}})
-          .inc(static_cast<double>(o.nbytes > wire ? o.nbytes - wire : 0));
+                    {{"encoder", encoder}, {"mode", std::string(ops::transport_name(c.mode))}})
+          .inc(static_cast<double>(c.saved_bytes));
     }
   }
   return out;

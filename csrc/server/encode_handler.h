@@ -38,13 +38,15 @@ struct ResponseOptions {
   TransportPlan transport;
 };
 
-// Reads a request's meta "transport" against the encoder's outputs: either one mode name, applied
-// to every floating-point output, or a map output name -> mode name, where the key "*" names the
-// mode of every floating-point output the map does not name. Absent or nil: exact.
+// Reads a request's meta "transport" against the outputs of `encoder` on `engine`: either one mode
+// name, applied to every floating-point output, or a map output name -> mode name, where the key
+// "*" names the mode of every floating-point output the map does not name. Absent or nil: exact,
+// without looking the encoder up. An unknown encoder gives an empty plan (the engine answers 404).
 // Throws ServerError: 400 for a malformed field or an unknown mode name (the message lists the
 // modes), 422 for an output the encoder does not have, a lossy mode named for an output that is
 // not floating-point, or an output whose scale entry name is another output's name.
-TransportPlan parse_transport(const std::string &meta_msgpack, const EncoderSpec &spec);
+TransportPlan parse_transport(const std::string &meta_msgpack, const engine::Engine &engine,
+                              const std::string &encoder);
 
 // Runs one decoded request through `engine` and returns the encoded response frame.
 // `frame` (and the request body it points into) must stay alive until this returns: inputs are
