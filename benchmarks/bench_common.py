@@ -1,4 +1,4 @@
-"""What the benchmark scripts share: loading one script (or the demo) from another as a module,
+"""What the benchmark scripts share: the repository paths, loading one script (or the demo) from another as a module,
 finding the built binaries, a free loopback port, a process's memory, and the result tables."""
 
 from __future__ import annotations
@@ -9,6 +9,16 @@ import socket
 import sys
 from pathlib import Path
 from typing import Any
+
+#: The repository, and the folder where benchmarks keep exported artifacts and their results.
+ROOT = Path(__file__).resolve().parents[1]
+BENCH_DIR = ROOT / "build" / "bench"
+ARTIFACTS = BENCH_DIR / "artifacts"
+#: Where `make build` leaves jit-embedding-server (find_binary takes the newest).
+SERVER_CANDIDATES = [
+    ROOT / "jit_embedding" / "bin" / "jit-embedding-server",
+    ROOT / "build" / "cmake" / "jit-embedding-server",
+]
 
 
 def load_module(name: str, path: Path) -> Any:

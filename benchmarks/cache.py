@@ -72,18 +72,15 @@ from pathlib import Path
 from typing import Any
 
 from bench_common import (  # benchmarks/, the script's folder, is on sys.path
+    BENCH_DIR,
+    ROOT,
+    SERVER_CANDIDATES,
     find_binary,
     free_port,
     load_module,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCH_DIR = ROOT / "build" / "bench"
 CACHE_BENCH_CANDIDATES = [ROOT / "build" / "cmake" / "jit-cache-bench"]
-SERVER_CANDIDATES = [
-    ROOT / "jit_embedding" / "bin" / "jit-embedding-server",
-    ROOT / "build" / "cmake" / "jit-embedding-server",
-]
 REDIS_READY_TIMEOUT_S = 10.0
 MIB = 1 << 20
 

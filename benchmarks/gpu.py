@@ -45,11 +45,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_common import find_binary, load_module, print_table  # benchmarks/, the script's folder, is on sys.path
+from bench_common import (  # benchmarks/, the script's folder, is on sys.path
+    ARTIFACTS,
+    BENCH_DIR,
+    ROOT,
+    SERVER_CANDIDATES,
+    find_binary,
+    load_module,
+    print_table,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCH_DIR = ROOT / "build" / "bench"
-ARTIFACTS = BENCH_DIR / "artifacts"
 GIB = 1 << 30
 MIB = 1 << 20
 INSTANCES = 2
@@ -699,7 +704,7 @@ def part_served(
     """Each model in turn (the VAE first); `save` gets the results so far after each, so that a run cut short
     still leaves the models it finished in the JSON."""
     bins = {
-        "server": find_binary("JIT_SERVER_BINARY", bench_server.SERVER_CANDIDATES, "run `make build`"),
+        "server": find_binary("JIT_SERVER_BINARY", SERVER_CANDIDATES, "run `make build`"),
         "loadgen": find_binary("JIT_LOADGEN_BINARY", bench_server.LOADGEN_CANDIDATES, "run `make build`"),
     }
     print(f"server: {bins['server']}\nloadgen: {bins['loadgen']}")

@@ -45,6 +45,9 @@ from typing import Any
 
 import torch
 from bench_common import (  # benchmarks/, the script's folder, is on sys.path
+    ARTIFACTS,
+    BENCH_DIR,
+    SERVER_CANDIDATES,
     find_binary,
     load_module,
     print_table,
@@ -54,13 +57,6 @@ from torch import nn
 
 from jit_embedding import codec
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCH_DIR = ROOT / "build" / "bench"
-ARTIFACTS = BENCH_DIR / "artifacts"
-SERVER_CANDIDATES = [
-    ROOT / "jit_embedding" / "bin" / "jit-embedding-server",
-    ROOT / "build" / "cmake" / "jit-embedding-server",
-]
 ENCODER = "work"
 WIDTH = 1024  # input and output features per sample (4 KiB of float32 each)
 DEPTH = 32  # tanh(x @ W) applications per sample: about 1 ms of one core per sample

@@ -30,9 +30,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench_common import free_port, load_module, print_table  # benchmarks/, the script's folder, is on sys.path
+from bench_common import ROOT, free_port, load_module, print_table  # benchmarks/, the script's folder, is on sys.path
 
-ROOT = Path(__file__).resolve().parents[1]
 rf = load_module("ray_fixtures", ROOT / "tests" / "python" / "ray_fixtures.py")
 WAIT_S = 300.0
 

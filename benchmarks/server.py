@@ -47,18 +47,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_common import find_binary, free_port, print_table  # benchmarks/, the script's folder, is on sys.path
+from bench_common import (  # benchmarks/, the script's folder, is on sys.path
+    ARTIFACTS,
+    BENCH_DIR,
+    ROOT,
+    SERVER_CANDIDATES,
+    find_binary,
+    free_port,
+    print_table,
+)
 from torch import nn
 
 from jit_embedding import codec
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCH_DIR = ROOT / "build" / "bench"
-ARTIFACTS = BENCH_DIR / "artifacts"
-SERVER_CANDIDATES = [
-    ROOT / "jit_embedding" / "bin" / "jit-embedding-server",
-    ROOT / "build" / "cmake" / "jit-embedding-server",
-]
 LOADGEN_CANDIDATES = [ROOT / "build" / "cmake" / "jit-loadgen"]
 READY_TIMEOUT_S = 180.0
 MIB = 1 << 20

@@ -38,13 +38,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_common import find_binary, load_module, print_table, proc_status_kib  # benchmarks/ is on sys.path
+from bench_common import (  # benchmarks/ is on sys.path
+    BENCH_DIR,
+    SERVER_CANDIDATES,
+    find_binary,
+    load_module,
+    print_table,
+    proc_status_kib,
+)
 from torch import nn
 
 bench_overload = load_module("jit_bench_overload", Path(__file__).with_name("overload.py"))
 bench_server = load_module("jit_bench_server", Path(__file__).with_name("server.py"))
 
-BENCH_DIR = bench_overload.BENCH_DIR
 WORK_WIDTH, WORK_DEPTH = 256, 8
 VOCAB, TOKEN_WIDTH, MAX_TOKENS = 1000, 64, 16
 SAMPLES_PER_CALL = 8
@@ -332,7 +338,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.warmup >= args.duration:
         ap.error("--warmup must be shorter than --duration")
-    binary = find_binary("JIT_SERVER_BINARY", bench_overload.SERVER_CANDIDATES, "run `make build`")
+    binary = find_binary("JIT_SERVER_BINARY", SERVER_CANDIDATES, "run `make build`")
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     r = run(binary, args, BENCH_DIR / "soak-server.log")
     met = report(r, args.warmup)

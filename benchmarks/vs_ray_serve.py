@@ -39,12 +39,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from bench_common import load_module  # benchmarks/, the script's folder, is on sys.path
+from bench_common import BENCH_DIR, ROOT, load_module  # benchmarks/, the script's folder, is on sys.path
 
 from jit_embedding import codec
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCH_DIR = ROOT / "build" / "bench"
 DEMO_PATH = ROOT / "examples" / "train_text_to_image.py"
 DEMO_MODULE = "train_text_to_image"
 DEMO_IMAGE_SIZE = 32
