@@ -6,7 +6,9 @@ benchmarks/overload.py (a seeded tanh MLP exported as TorchScript) with its loca
     server = BinaryServer(tmp_path / "s", encoders=[work_entry(artifact)], cache={...})
     server.kill(); server.start()                       # SIGKILL, then the same port again
     with RedisServer(tmp_path) as redis: ...            # redis.url, redis.kill(), redis.start()
-    with tmpfs(folder, "4m"): ...                       # pytest.skip()s, with the reason, where mount fails
+
+``tmpfs(folder, "4m")`` mounts a 4 MiB tmpfs on `folder` for a with-block; where mounting is not
+permitted, it skips the calling test and names the reason.
 """
 
 from __future__ import annotations
