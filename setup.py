@@ -32,14 +32,13 @@ class CMakeExtension(Extension):
 
 
 def _torch_args() -> list[str]:
-    """LibTorch's CMake prefix and whether torch has CUDA; empty when torch is not importable."""
+    """The installed torch's folder (LibTorch) and whether torch has CUDA; empty when torch is not importable."""
     try:
         import torch
-        import torch.utils
     except ImportError:
         return []
     return [
-        f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
+        f"-DJIT_TORCH_DIR={Path(torch.__file__).parent}",
         f"-DJIT_TORCH_CUDA={'ON' if torch.version.cuda else 'OFF'}",
     ]
 

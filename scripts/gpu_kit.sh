@@ -276,13 +276,10 @@ verify_kit() {
   fi
 }
 
-# Why find_package(Torch) failed (CMakeLists.txt asks QUIETly): the same call, REQUIRED, in a scratch project.
+# What the torch folder holds, for a build that did not find LibTorch there.
 torch_probe() {
-  local probe="$BUILD/torch-probe"
-  mkdir -p "$probe/src"
-  printf 'cmake_minimum_required(VERSION 3.22)\nproject(p LANGUAGES C CXX)\nfind_package(Torch REQUIRED)\n' \
-    > "$probe/src/CMakeLists.txt"
-  cmake -S "$probe/src" -B "$probe/build" -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" 2>&1 | tail -30
+  echo "JIT_TORCH_DIR=$TORCH_DIR"
+  ls -l "$TORCH_DIR/lib" "$TORCH_DIR/share/cmake/Torch" 2>&1 | head -40
 }
 
 step_build() {
@@ -291,7 +288,7 @@ step_build() {
     echo "== configure ($(date -u +%FT%TZ))"
     cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
       -DPython_EXECUTABLE="$PY" -Dpybind11_DIR="$PYBIND11_DIR" \
-      -DCMAKE_PREFIX_PATH="$KIT/root/usr;$TORCH_PREFIX" -DPKG_CONFIG_EXECUTABLE="$PKG_CONFIG_BIN" \
+      -DCMAKE_PREFIX_PATH="$KIT/root/usr" -DJIT_TORCH_DIR="$TORCH_DIR" -DPKG_CONFIG_EXECUTABLE="$PKG_CONFIG_BIN" \
       -Dyaml-cpp_DIR="$KIT_LIB/cmake/yaml-cpp" -DGTest_DIR="$KIT_LIB/cmake/GTest" \
       -DCMAKE_LIBRARY_OUTPUT_DIRECTORY="$PYROOT/jit_embedding" \
       -DJIT_BUILD_TESTS=ON -DJIT_WITH_CUDA="$WITH_CUDA" -DJIT_CUDA_ARCHS=90 -DJIT_TORCH_CUDA="$TORCH_CUDA" \
@@ -303,7 +300,7 @@ step_build() {
   detail="$(grep -o 'jit-embedding: CUDA kernels [A-Z]*, torch CUDA [A-Z]*' "$log" | tail -1 || true)"
   if ! grep -q 'jit-embedding: LibTorch .* at' "$log"; then
     detail+="; LibTorch NOT found (no artifact executors)"
-    { echo "== find_package(Torch REQUIRED) in a scratch project"; torch_probe; } >> "$log" 2>&1 || true
+    { echo "== the torch folder"; torch_probe; } >> "$log" 2>&1 || true
     rc=1
   fi
   if [ "$rc" -ne 0 ]; then
@@ -486,7 +483,7 @@ EOF
   export PYTHONPATH="$site:$PYROOT${PYTHONPATH:+:$PYTHONPATH}"
   PY=$("$PYTHON" -c 'import sys; print(sys.executable)')
   PYBIND11_DIR=$("$PY" -m pybind11 --cmakedir)
-  TORCH_PREFIX=$("$PY" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')
+  TORCH_DIR=$("$PY" -c 'import os, torch; print(os.path.dirname(torch.__file__))')
   TORCH_CUDA=$("$PY" -c 'import torch; print("ON" if torch.version.cuda else "OFF")')
   if [ "$DRY" = 1 ]; then
     # The kit-built _C and server in a package folder of their own; the Python files are the repository's.
