@@ -12,14 +12,17 @@
 //
 // 16-bit floats: bf16 and fp16 values are raw IEEE bit patterns, held on the host as uint16_t.
 // fp8: e4m3fn ("fn": finite, no infinities), bias 7, largest finite 448, NaN = 0x7F / 0xFF.
+// NaN in float32 outputs: its payload and sign are unspecified. The GPU writes its canonical NaN (0x7FFFFFFF) where
+// the x86 reference keeps the quiet NaN it decoded; every other bit, and 16-bit NaNs (0x7FFF), match.
 //
 // The CPU references in csrc/ops/ops_ref.h (namespace jit::ops::ref) have the same signatures minus the stream and
-// produce bit-identical results; tests/cpp/ops/test_kernels_gpu.cpp checks that on a GPU.
+// produce bit-identical results (up to NaN payloads, above); tests/cpp/ops/test_kernels_gpu.cpp checks that on a GPU.
 #pragma once
 
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 
 namespace jit::kernels {
 
@@ -167,10 +170,22 @@ inline Status check_matrix(const void *src, const void *dst, const void *scales,
   return kOk;
 }
 
+// Whether the product of non-negative factors fits in int64_t.
+inline bool product_fits(int64_t a, int64_t b, int64_t c, int64_t d) {
+  int64_t p = a;
+  for (int64_t f : {b, c, d}) {
+    if (f != 0 && p > INT64_MAX / f) return false;
+    p *= f;
+  }
+  return true;
+}
+
 inline Status check_preprocess(const uint8_t *src, int64_t n, int64_t h, int64_t w, int64_t c, int64_t out_h,
                                int64_t out_w, const float *mean, const float *std, ResizeMode mode,
                                FloatDtype out_dtype, const void *dst) {
   if (n < 0 || h < 1 || w < 1 || out_h < 1 || out_w < 1 || c < 1 || c > kMaxChannels) return kInvalidValue;
+  // Both element counts must be addressable, with room for the kernel to round out_w up to whole blocks.
+  if (!product_fits(n, h, w, c) || !product_fits(n, c, out_h, out_w) || out_w > INT64_MAX / 2) return kInvalidValue;
   if (!valid_dtype(out_dtype)) return kInvalidValue;
   if (mode != ResizeMode::kNone && mode != ResizeMode::kBilinear && mode != ResizeMode::kArea) return kInvalidValue;
   if (mode == ResizeMode::kNone && (out_h != h || out_w != w)) return kInvalidValue;

@@ -460,6 +460,16 @@ TEST(PreprocessRef, RejectsBadArguments) {
   EXPECT_EQ(run(1, 1, 2, ResizeMode::kArea, nan_mean, std), kInvalidValue);
   EXPECT_EQ(run(1, 1, 2, ResizeMode::kArea, nullptr, std), kInvalidValue);
   EXPECT_EQ(run(1, 1, 2, ResizeMode::kArea, mean, std, static_cast<FloatDtype>(3)), kInvalidValue);
+  // Element counts past int64 are refused before any pointer arithmetic (torch could never allocate them, but a C
+  // caller can ask).
+  const int64_t big = int64_t{1} << 40;
+  EXPECT_EQ(preprocess_nhwc_u8(src, big, big, 4, 3, 4, 4, mean, std, ResizeMode::kArea, FloatDtype::kFloat32, dst),
+            kInvalidValue);
+  EXPECT_EQ(preprocess_nhwc_u8(src, big, 4, 4, 3, big, 4, mean, std, ResizeMode::kBilinear, FloatDtype::kFloat32, dst),
+            kInvalidValue);
+  EXPECT_EQ(preprocess_nhwc_u8(src, 1, 4, 4, 3, 4, INT64_MAX, mean, std, ResizeMode::kBilinear, FloatDtype::kFloat32,
+                               dst),
+            kInvalidValue);
 }
 
 } // namespace
