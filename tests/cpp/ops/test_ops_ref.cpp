@@ -467,9 +467,9 @@ TEST(PreprocessRef, RejectsBadArguments) {
             kInvalidValue);
   EXPECT_EQ(preprocess_nhwc_u8(src, big, 4, 4, 3, big, 4, mean, std, ResizeMode::kBilinear, FloatDtype::kFloat32, dst),
             kInvalidValue);
-  EXPECT_EQ(preprocess_nhwc_u8(src, 1, 4, 4, 3, 4, INT64_MAX, mean, std, ResizeMode::kBilinear, FloatDtype::kFloat32,
-                               dst),
-            kInvalidValue);
+  EXPECT_EQ(
+      preprocess_nhwc_u8(src, 1, 4, 4, 3, 4, INT64_MAX, mean, std, ResizeMode::kBilinear, FloatDtype::kFloat32, dst),
+      kInvalidValue);
 }
 
 } // namespace
