@@ -23,6 +23,7 @@ struct StagingPool::State {
   const size_t budget;
   const HostAllocate allocate;
   const HostAllocate fallback;
+  const std::function<void()> after_free;
 
   mutable std::mutex mu;
   bool closed = false; // the pool is gone: released blocks are freed, not kept
@@ -34,7 +35,20 @@ struct StagingPool::State {
   std::multimap<size_t, Block> idle;
   StagingStats stats;
 
-  State(size_t b, HostAllocate a, HostAllocate f) : budget(b), allocate(std::move(a)), fallback(std::move(f)) {}
+  State(size_t b, HostAllocate a, HostAllocate f, std::function<void()> af)
+      : budget(b), allocate(std::move(a)), fallback(std::move(f)), after_free(std::move(af)) {}
+
+  // Frees `blocks` (idle blocks taken out under the lock) and then runs after_free; never under the lock.
+  // A failing after_free only leaves memory cached, so it is not an error of the caller's.
+  void free_blocks(std::multimap<size_t, Block> &blocks) const noexcept {
+    if (blocks.empty()) return;
+    blocks.clear();
+    if (!after_free) return;
+    try {
+      after_free();
+    } catch (...) {
+    }
+  }
 
   // Called by a lease's deleter, on whichever thread drops the last reference.
   void give_back(Block block) {
@@ -74,18 +88,22 @@ size_t StagingPool::block_size(size_t bytes) {
   return size;
 }
 
-StagingPool::StagingPool(size_t budget_bytes, HostAllocate allocate, HostAllocate fallback)
-    : state_(std::make_shared<State>(budget_bytes, std::move(allocate), std::move(fallback))) {}
+StagingPool::StagingPool(size_t budget_bytes, HostAllocate allocate, HostAllocate fallback,
+                         std::function<void()> after_free)
+    : state_(std::make_shared<State>(budget_bytes, std::move(allocate), std::move(fallback), std::move(after_free))) {}
 
 StagingPool::~StagingPool() {
   std::multimap<size_t, State::Block> idle; // freed outside the lock
-  std::lock_guard<std::mutex> lock(state_->mu);
-  state_->closed = true;
-  for (const auto &[capacity, block] : state_->idle) {
-    state_->stats.pooled_bytes -= capacity;
-    state_->stats.blocks -= 1;
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    state_->closed = true;
+    for (const auto &[capacity, block] : state_->idle) {
+      state_->stats.pooled_bytes -= capacity;
+      state_->stats.blocks -= 1;
+    }
+    idle.swap(state_->idle);
   }
-  idle.swap(state_->idle);
+  state_->free_blocks(idle);
 }
 
 StagingBuffer StagingPool::acquire(size_t bytes) {
@@ -120,7 +138,7 @@ StagingBuffer StagingPool::acquire(size_t bytes) {
       s.stats.blocks += 1;
       s.stats.leased_bytes += want;
       lock.unlock();
-      evicted.clear();
+      s.free_blocks(evicted);
       State::Block block;
       block.capacity = want;
       try {
@@ -140,7 +158,7 @@ StagingBuffer StagingPool::acquire(size_t bytes) {
       if (block.memory) return State::lease(state_, std::move(block), bytes);
     }
   }
-  evicted.clear();
+  s.free_blocks(evicted);
   StagingBuffer out;
   out.owner = s.fallback(bytes);
   out.data = out.owner.get();

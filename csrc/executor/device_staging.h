@@ -49,8 +49,12 @@ struct StagingBuffer {
 class StagingPool {
 public:
   // `budget_bytes` bounds the bytes all blocks hold together (idle and leased); 0 sends every
-  // lease to `fallback`. Blocks come from `allocate`.
-  StagingPool(size_t budget_bytes, HostAllocate allocate, HostAllocate fallback = allocate_pageable);
+  // lease to `fallback`. Blocks come from `allocate`. `after_free`, if set, runs (outside the
+  // pool's lock) each time the pool has freed blocks: after evicting idle blocks, before it
+  // allocates the larger one, and when the pool is destroyed. The executor empties torch's pinned
+  // cache there; without that, freed blocks would stay page-locked in it, beyond the budget.
+  StagingPool(size_t budget_bytes, HostAllocate allocate, HostAllocate fallback = allocate_pageable,
+              std::function<void()> after_free = nullptr);
   ~StagingPool();
   StagingPool(const StagingPool &) = delete;
   StagingPool &operator=(const StagingPool &) = delete;

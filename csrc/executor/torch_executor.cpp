@@ -9,17 +9,16 @@
 //   c10/core/Event.h                  c10::Event(DeviceType): record(), block(), synchronize()
 //   ATen/core/TensorBody.h            Tensor::record_stream(Stream), Tensor::copy_(src, non_blocking)
 //   c10/core/TensorOptions.h          TensorOptions::pinned_memory(true), for at::empty
-// Checked against the headers of torch 2.13 (the build machine's); not against 2.11 (the GPU
-// machine's), whose headers were not at hand. Event, StreamGuard, VirtualGuardImpl, record_stream
-// and pinned_memory are old (torch 1.x). The younger ones, which an older torch might lack or
-// spell differently, are Stream::native_handle() (backed by
-// DeviceGuardImplInterface::getStreamNativeHandle) and getStreamFromGlobalPool(Device, bool),
-// both from the 2.2/2.3 era as far as I know, and AOTIModelPackageLoader, whose constructor grew
-// parameters over 2.6-2.8; its run(inputs, void *stream_handle) has taken a stream since it
-// appeared. A compile error on 2.11 would name the one that differs.
+//   c10/core/DeviceGuard.h            c10::DeviceGuard: the thread's device, on the path without streams
+//   ATen/core/CachingHostAllocator.h  at::getHostAllocator(kCUDA)->empty_cache(), after the staging
+//                                     pool frees blocks
+// Compiled and linked against torch 2.13.0+cpu (CI) and 2.11.0+cu130 (the GPU machine's; with
+// JIT_TORCH_CUDA, docs/testing.md "The dry run with the device's torch"); run on CUDA by neither.
 #include "executor/torch_executor.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/core/CachingHostAllocator.h>
+#include <c10/core/DeviceGuard.h>
 #include <c10/core/Event.h>
 #include <c10/core/Stream.h>
 #include <c10/core/StreamGuard.h>
@@ -27,6 +26,8 @@
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/cuda.h>
 #include <torch/script.h>
+
+#include <optional>
 
 #include <cstring>
 #include <filesystem>
@@ -101,7 +102,10 @@ public:
     if (device_.is_cuda() && options_.streams) {
       // "cuda" without an index is the current device, as in torch; the streams need a concrete one.
       cuda_device_ = device_.has_index() ? device_ : c10::impl::VirtualGuardImpl(c10::DeviceType::CUDA).getDevice();
-      staging_ = std::make_unique<StagingPool>(options_.pinned_pool_bytes, allocate_pinned);
+      // Blocks the pool frees go back to torch's pinned cache, which keeps them page-locked: flush
+      // it then, so the pool's budget bounds the pinned memory it causes.
+      staging_ = std::make_unique<StagingPool>(options_.pinned_pool_bytes, allocate_pinned, allocate_pageable,
+                                               [] { at::getHostAllocator(at::kCUDA)->empty_cache(); });
     }
   }
 
@@ -122,6 +126,9 @@ public:
     configure_thread(options_.intra_op_threads);
     c10::InferenceMode guard;
     if (staging_) return run_on_streams(batch);
+    // On cuda:N, the copies and a model run without a stream handle use the thread's current device.
+    std::optional<c10::DeviceGuard> on_device;
+    if (device_.is_cuda()) on_device.emplace(device_);
     std::vector<at::Tensor> inputs;
     inputs.reserve(batch.inputs.size());
     for (const Tensor &t : batch.inputs) {
@@ -251,6 +258,9 @@ private:
 
     std::vector<at::Tensor> inputs;
     inputs.reserve(batch.inputs.size());
+    // Declared out here so that, when something below throws, the output block is released only
+    // after the catch below has waited for the copies into it.
+    StagingBuffer out_block;
     try {
       // 2. Host to device on the copy stream. The device tensors are allocated on the copy
       //    stream (the current one here) and used on the compute stream: record_stream tells the
@@ -287,7 +297,7 @@ private:
         out_offsets.push_back(align64(out_bytes));
         out_bytes = out_offsets.back() + o.nbytes();
       }
-      StagingBuffer out_block = staging_->acquire(out_bytes);
+      out_block = staging_->acquire(out_bytes);
       auto *out_base = static_cast<uint8_t *>(out_block.data);
       {
         c10::StreamGuard on_copy(r.copy);
@@ -317,11 +327,11 @@ private:
       }
       return result;
     } catch (...) {
-      // The input block must not go back to the pool (and be refilled by another batch) while a
-      // copy from it may still run, so wait for everything on the copy stream before it is
-      // released (the input copies may have failed halfway, before their event was recorded).
-      // The output block is only released before its copy finished when that wait itself fails:
-      // a CUDA error, which leaves the context unusable for any later copy.
+      // Neither block may go back to the pool (and be refilled by another batch) while a copy
+      // from or into it may still run, so wait for everything on the copy stream before they are
+      // released (the copies may have failed halfway, before their event was recorded). A block is
+      // only released before its copy finished when that wait itself fails: a CUDA error, which
+      // leaves the context unusable for any later copy.
       try {
         r.copy.synchronize();
       } catch (...) {

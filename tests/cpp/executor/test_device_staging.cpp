@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <stdexcept>
 #include <thread>
@@ -143,6 +144,40 @@ TEST(StagingPool, IdleBlocksTooSmallAreFreedToMakeRoomWithinTheBudget) {
   EXPECT_EQ(s.pooled_bytes, kMiB);
   EXPECT_EQ(s.fallbacks, 0u);
   EXPECT_EQ(*alloc.live, 1) << "evicted blocks are freed";
+}
+
+TEST(StagingPool, AfterFreeRunsOnceEachTimeBlocksAreFreedOutsideTheLock) {
+  CountingAllocator alloc;
+  int flushes = 0;
+  StagingPool *live_pool = nullptr; // cleared before the pool is destroyed
+  auto pool = std::make_unique<StagingPool>(kMiB, alloc.policy(), allocate_pageable, [&] {
+    ++flushes;
+    EXPECT_EQ(*alloc.live, 0) << "the freed blocks are gone before the hook runs";
+    if (live_pool) (void)live_pool->stats(); // outside the lock: this would deadlock under it
+  });
+  live_pool = pool.get();
+  { StagingBuffer a = pool->acquire(256 * kKiB), b = pool->acquire(256 * kKiB); }
+  { StagingBuffer again = pool->acquire(200 * kKiB); } // reuse frees nothing
+  EXPECT_EQ(flushes, 0);
+  { StagingBuffer big = pool->acquire(kMiB); } // evicts both idle blocks, at once
+  EXPECT_EQ(flushes, 1);
+  EXPECT_EQ(pool->stats().evictions, 2u);
+  live_pool = nullptr;
+  pool.reset(); // the idle 1 MiB block is freed with the pool
+  EXPECT_EQ(flushes, 2);
+  EXPECT_EQ(*alloc.live, 0);
+}
+
+TEST(StagingPool, AFailingAfterFreeLeavesTheLeaseAndTheAccountsIntact) {
+  CountingAllocator alloc;
+  StagingPool pool(kMiB, alloc.policy(), allocate_pageable, [] { throw std::runtime_error("flush failed"); });
+  { StagingBuffer a = pool.acquire(512 * kKiB); }
+  StagingBuffer big = pool.acquire(kMiB);
+  EXPECT_TRUE(big.pooled);
+  const StagingStats s = pool.stats();
+  EXPECT_EQ(s.evictions, 1u);
+  EXPECT_EQ(s.pooled_bytes, kMiB);
+  EXPECT_EQ(s.leased_bytes, kMiB);
 }
 
 TEST(StagingPool, IdleBlocksAreKeptWhenFreeingThemWouldNotMakeRoom) {
