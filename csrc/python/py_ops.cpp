@@ -1,7 +1,8 @@
 // Adapters from _C.ops_* to the CPU references (csrc/ops) and, in builds with JIT_HAVE_KERNELS, the CUDA kernels
 // (kernels/). Each function converts addresses and enum values, releases the GIL, calls one side, and turns a
-// non-zero Status into std::invalid_argument. No shapes are checked here: jit_embedding/ops.py does that, and the
-// kernels' own argument checks (shared with the references) are the last line.
+// rejected-arguments Status into std::invalid_argument and any other (a failed launch) into std::runtime_error. No
+// shapes are checked here: jit_embedding/ops.py does that, and the kernels' own argument checks (shared with the
+// references) are the last line.
 #include "python/py_ops.h"
 
 #include <pybind11/pybind11.h>
@@ -52,10 +53,14 @@ std::string describe(Status status) {
 }
 
 void check(Status status, const char *name) {
-  if (status != kernels::kOk) {
-    throw std::invalid_argument(std::string(name) + ": " + describe(status) + " (status " + std::to_string(status) +
-                                ")");
+  if (status == kernels::kOk) return;
+  // A launch failure (no kernel image for this GPU, a driver too old for the CUDA runtime, ...) is not the caller's
+  // arguments' fault: RuntimeError, not ValueError.
+  if (status != kernels::kInvalidValue) {
+    throw std::runtime_error(std::string(name) + ": " + describe(status) + " (CUDA status " + std::to_string(status) +
+                             ")");
   }
+  throw std::invalid_argument(std::string(name) + ": " + describe(status) + " (status " + std::to_string(status) + ")");
 }
 
 // Throws before anything runs when a device call reaches a build without the kernels.

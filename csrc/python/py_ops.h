@@ -14,8 +14,9 @@
 // The shapes, scale rule, rounding and resize formulas are the kernels' contracts (jit_kernels.h); the CPU
 // reference and the kernel produce the same bits.
 //
-// Errors: a non-zero Status (rejected arguments, a failed launch) throws std::invalid_argument with the function's
-// name and kernels::status_string, e.g. "quantize_fp8_rowwise: invalid argument" (pybind11 raises ValueError).
+// Errors: rejected arguments (kInvalidValue) throw std::invalid_argument with the function's name and
+// kernels::status_string, e.g. "quantize_fp8_rowwise: invalid argument" (pybind11 raises ValueError); any other
+// non-zero Status, a failed launch, throws std::runtime_error naming the CUDA error (RuntimeError).
 // The caller guarantees that every address spans the sizes given; nothing here can check that.
 #pragma once
 
