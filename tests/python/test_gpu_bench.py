@@ -56,6 +56,9 @@ def test_served_has_both_models_against_offline(results):
             assert number(m[key]) and m[key] > 0, (name, key, m[key])
         assert m["offline"]["best_batch"] in [r["batch"] for r in m["offline"]["sweep"]]
         assert m["served_run"]["loadgen"]["error_count"] == 0
+        # Answered requests only: errors never count as served samples.
+        load = m["served_run"]["loadgen"]
+        assert m["served_samples_per_s"] == load["ok"] / load["seconds"] * m["samples_per_request"]
         assert m["instances"] == 2
 
 
@@ -66,6 +69,9 @@ def test_busy_has_fractions_and_a_trace(results):
         for key in ("compute_over_wall", "compute_over_wall_per_instance", "offline_events"):
             assert number(m[key]) and m[key] > 0
         assert m["nvml_utilization"] is None  # no GPU to sample
+        # With no GPU counter the goal falls back to the host-side bound, and says so.
+        assert m["goal_source"].startswith("compute seconds per instance")
+        assert m["goal_fraction"] == m["compute_over_wall_per_instance"]
     trace = busy["trace"]
     assert trace["kind"] in ("served", "offline")
     with gzip.open(trace["path"]) as f:
@@ -76,6 +82,10 @@ def test_goals_are_reported_not_asserted(results):
     assert results["errors"] == [] and results["complete"] is True
     assert {g["goal"].split()[0] for g in results["goals"]} == {"bandwidth", "served", "busy"}
     assert all(isinstance(g["met"], bool) for g in results["goals"])
+    for g in results["goals"]:
+        if g["goal"].startswith("busy "):
+            model = results["busy"]["models"][g["goal"].split()[1]]
+            assert (g["value"], g["detail"]) == (model["goal_fraction"], model["goal_source"])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
