@@ -20,7 +20,9 @@ mode             values                       scales                      rel. R
 ===============  ===========================  ==========================  =====================
 
 ``restore`` computes ``float32(code) * scale`` in float32 and rounds once to the output's dtype,
-which is bit for bit what the C++ client (``submit_many``) and the server's reference give.
+which is bit for bit what the C++ client (``submit_many``) and the server's reference give, except
+that a NaN restored on a GPU is the GPU's canonical NaN (its payload and sign are not part of the
+contract).
 """
 
 from __future__ import annotations
