@@ -1,12 +1,19 @@
 """What the benchmark scripts share: the repository paths, loading one script (or the demo) from another as a module,
-finding the built binaries, a free loopback port, a process's memory, and the result tables."""
+exported artifacts kept between runs, finding the built binaries, a free loopback port, a process's memory, and the
+result tables."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import inspect
+import json
 import os
 import socket
+import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +42,37 @@ def load_module(name: str, path: Path) -> Any:
         del sys.modules[name]
         raise
     return module
+
+
+def artifact_folder(name: str, key: Any, sources: Iterable[Any], root: Path = ARTIFACTS) -> Path:
+    """``root``/<name>-<digest>, where an export is kept between runs. The digest covers ``key`` (JSON; callers put
+    torch's version in it), jit_embedding's exporter and the source of each object in ``sources`` (what the export
+    depends on besides the exporter), so any change to them names a new folder."""
+    import jit_embedding
+
+    pkg = Path(jit_embedding.__file__).parent
+    h = hashlib.sha256(json.dumps(key, sort_keys=True).encode())
+    # The exporter, whether a module or a package of them.
+    for f in sorted([*pkg.glob("export*.py"), *pkg.glob("families*.py"), *pkg.glob("famil*/**/*.py")]):
+        h.update(f.read_bytes())
+    for obj in sources:
+        h.update(inspect.getsource(obj).encode())
+    return root / f"{name}-{h.hexdigest()[:16]}"
+
+
+def cached_export(name: str, key: Any, sources: Iterable[Any], worker: Callable[[Path], list[str]]) -> Path:
+    """artifact_folder(name, key, sources), made by running the command ``worker(folder)`` (a child process, which
+    keeps transformers' and AOTInductor's output and threads out of this one) unless it is already there."""
+    folder = artifact_folder(name, key, sources)
+    if not (folder / "manifest.json").exists():
+        print(f"  exporting {name} into {folder.relative_to(ROOT)} ...", flush=True)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        out = subprocess.run(worker(folder), capture_output=True, text=True, timeout=1800)
+        if out.returncode != 0:
+            raise RuntimeError(f"exporting {name} failed:\n{out.stdout[-2000:]}{out.stderr[-4000:]}")
+        print(f"  exported in {time.perf_counter() - t0:.0f} s", flush=True)
+    return folder
 
 
 def find_binary(env: str, candidates: list[Path], hint: str) -> Path:

@@ -31,8 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gzip
-import hashlib
-import inspect
 import json
 import os
 import shlex
@@ -48,10 +46,9 @@ from typing import Any
 
 import torch
 from bench_common import (  # benchmarks/, the script's folder, is on sys.path
-    ARTIFACTS,
     BENCH_DIR,
-    ROOT,
     SERVER_CANDIDATES,
+    cached_export,
     find_binary,
     load_module,
     print_table,
@@ -174,24 +171,12 @@ def export_worker(plan_json: str, folder: str, device: str) -> None:
 def exported(name: str, plan: dict[str, Any], device: str) -> Path:
     """build/bench/artifacts/gpu-<name>-<device>-<digest>, exported in a child process unless already there. The
     digest covers the plan, the device, torch's version and the source of the exporter and of make_checkpoint."""
-    import jit_embedding
-
-    pkg = Path(jit_embedding.__file__).parent
-    h = hashlib.sha256(json.dumps([plan, device, torch.__version__], sort_keys=True).encode())
-    for f in sorted([*pkg.glob("export*.py"), *pkg.glob("families/*.py")]):
-        h.update(f.read_bytes())
-    h.update(inspect.getsource(make_checkpoint).encode())
-    folder = ARTIFACTS / f"gpu-{name}-{device}-{h.hexdigest()[:16]}"
-    if not (folder / "manifest.json").exists():
-        print(f"  exporting {name} for {device} into {folder.relative_to(ROOT)} ...", flush=True)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        cmd = [sys.executable, __file__, "--export-worker", json.dumps(plan), str(folder), device]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-        if out.returncode != 0:
-            raise RuntimeError(f"exporting {name} failed:\n{out.stdout[-2000:]}{out.stderr[-4000:]}")
-        print(f"  exported in {time.perf_counter() - t0:.0f} s", flush=True)
-    return folder
+    return cached_export(
+        f"gpu-{name}-{device}",
+        [plan, device, torch.__version__],
+        [make_checkpoint],
+        lambda folder: [sys.executable, __file__, "--export-worker", json.dumps(plan), str(folder), device],
+    )
 
 
 def make_inputs(manifest: dict[str, Any], batch: int, seq: int, vocab: int, device: str, seed: int = 0) -> dict:
@@ -609,26 +594,23 @@ def saturate(srv: Any, loadgen: Path, name: str, body: Path, concurrency: int, w
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     margin = min(0.5, duration / 10)
     time.sleep(warmup + margin)
-    names = ("jit_compute_seconds_sum", "jit_batch_size_sum", "jit_batch_size_count")
-    before = {n: bench_server.metric_sum(srv.metrics(), n, name) for n in names}
+    delta = bench_server.MetricsDelta(srv, name)
     t0 = time.perf_counter()
     sampler.start()
     time.sleep(duration - 2 * margin)
     util = sampler.stop()
-    after = {n: bench_server.metric_sum(srv.metrics(), n, name) for n in names}
+    batches = delta.done()
     wall = time.perf_counter() - t0
     out, err = proc.communicate(timeout=duration + warmup + 300)
     if proc.returncode != 0:
         raise RuntimeError(f"{shlex.join(cmd)} exited {proc.returncode}: {err.strip()}")
     load = json.loads(out.strip().splitlines()[-1])
-    d = {n: after[n] - before[n] for n in names}
-    batches = d["jit_batch_size_count"]
     return {
         "loadgen": load,
         "window_s": wall,
-        "compute_s": d["jit_compute_seconds_sum"],
-        "batches": batches,
-        "mean_batch_size": d["jit_batch_size_sum"] / batches if batches else 0.0,
+        "compute_s": batches["compute_s"],
+        "batches": batches["batches"],
+        "mean_batch_size": batches["mean_batch_size"],
         "nvml_utilization": util,
     }
 

@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import argparse
 import collections
-import hashlib
 import http.client
-import inspect
 import itertools
 import json
 import sys
@@ -48,6 +46,7 @@ from bench_common import (  # benchmarks/, the script's folder, is on sys.path
     ARTIFACTS,
     BENCH_DIR,
     SERVER_CANDIDATES,
+    artifact_folder,
     find_binary,
     load_module,
     print_table,
@@ -103,16 +102,9 @@ def work_factory(width: int, depth: int):
 def export_module(name: str, factory, options: list, sources: list, max_batch: int, root: Path = ARTIFACTS) -> Path:
     """`root`/<name>-<digest>: `factory` (an `export --module` factory) exported as TorchScript (seconds), reused
     while the digest of `options`, torch's version, the source of `sources` and of the exporter is unchanged."""
-    import jit_embedding
     from jit_embedding.export import export
 
-    h = hashlib.sha256(json.dumps([name, options, max_batch, torch.__version__]).encode())
-    for obj in sources:
-        h.update(inspect.getsource(obj).encode())
-    pkg = Path(jit_embedding.__file__).parent
-    for f in sorted([pkg / "export.py", *(pkg / "families").glob("*.py")]):
-        h.update(f.read_bytes())
-    folder = root / f"{name}-{h.hexdigest()[:16]}"
+    folder = artifact_folder(name, [name, options, max_batch, torch.__version__], sources, root)
     if not (folder / "manifest.json").exists():
         root.mkdir(parents=True, exist_ok=True)
         export("module", None, folder, module=factory, format="torchscript", max_batch_size=max_batch, name=name)

@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import http.client
-import inspect
 import json
 import os
 import platform
@@ -48,10 +46,10 @@ from typing import Any
 
 import torch
 from bench_common import (  # benchmarks/, the script's folder, is on sys.path
-    ARTIFACTS,
     BENCH_DIR,
     ROOT,
     SERVER_CANDIDATES,
+    cached_export,
     find_binary,
     free_port,
     print_table,
@@ -172,6 +170,7 @@ class MetricsDelta:
         return {
             "batches": batches,
             "mean_batch_size": d["jit_batch_size_sum"] / batches if batches else 0.0,
+            "compute_s": d["jit_compute_seconds_sum"],
             "mean_compute_s": d["jit_compute_seconds_sum"] / d["jit_compute_seconds_count"]
             if d["jit_compute_seconds_count"]
             else 0.0,
@@ -233,25 +232,12 @@ def export_worker(kind: str, folder: str, options: str) -> None:
 def exported(name: str, kind: str, /, **options: Any) -> Path:
     """build/bench/artifacts/<name>-<digest>, exported (in a child process) unless it is already there. The
     digest covers the options, torch's version and the source of the exporter and of the factories."""
-    import jit_embedding
-
-    pkg = Path(jit_embedding.__file__).parent
-    h = hashlib.sha256(json.dumps([kind, options, torch.__version__], sort_keys=True).encode())
-    # The exporter, whether a module or a package of them.
-    for f in sorted([*pkg.glob("export*.py"), *pkg.glob("families*.py"), *pkg.glob("famil*/**/*.py")]):
-        h.update(f.read_bytes())
-    for obj in EXPORTS[kind][1]:
-        h.update(inspect.getsource(obj).encode())
-    folder = ARTIFACTS / f"{name}-{h.hexdigest()[:16]}"
-    if not (folder / "manifest.json").exists():
-        print(f"  exporting {name} into {folder.relative_to(ROOT)} ...", flush=True)
-        t0 = time.perf_counter()
-        cmd = [sys.executable, __file__, "--export-worker", kind, str(folder), json.dumps(options)]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-        if out.returncode != 0:
-            raise RuntimeError(f"exporting {name} failed:\n{out.stdout[-2000:]}{out.stderr[-4000:]}")
-        print(f"  exported in {time.perf_counter() - t0:.0f} s", flush=True)
-    return folder
+    return cached_export(
+        name,
+        [kind, options, torch.__version__],
+        EXPORTS[kind][1],
+        lambda folder: [sys.executable, __file__, "--export-worker", kind, str(folder), json.dumps(options)],
+    )
 
 
 def export_minilm(max_batch: int, max_seq: int) -> Path:

@@ -90,9 +90,16 @@ std::shared_ptr<void> allocate_pinned(size_t bytes) {
   return std::shared_ptr<void>(block, block->data_ptr());
 }
 
-// Inputs and outputs share a staging block, each at a 64-byte aligned offset (as make_tensor's are).
-size_t align64(size_t n) {
-  return (n + 63) / 64 * 64;
+// Lays `items` out one after another in a staging block, each at a 64-byte aligned offset (as
+// make_tensor's are): appends each one's offset to `offsets` and returns the block's size.
+template <typename Items, typename Bytes>
+size_t pack_offsets(const Items &items, Bytes nbytes, std::vector<size_t> &offsets) {
+  size_t total = 0;
+  for (const auto &item : items) {
+    offsets.push_back((total + 63) / 64 * 64);
+    total = offsets.back() + nbytes(item);
+  }
+  return total;
 }
 
 class TorchExecutorBase : public Executor {
@@ -138,19 +145,11 @@ public:
     }
     std::vector<at::Tensor> outs = forward(inputs, /*stream_handle=*/nullptr);
     check_outputs(outs);
-    const auto &want = manifest_.spec.outputs;
     EncoderOutput result;
     for (size_t i = 0; i < outs.size(); ++i) {
       // The holder keeps the (contiguous, host) storage alive for as long as any slice of it is used.
       auto holder = std::make_shared<at::Tensor>(outs[i].to(at::kCPU).contiguous());
-      Tensor t;
-      t.name = want[i].name;
-      t.dtype = want[i].dtype;
-      t.shape.assign(holder->sizes().begin(), holder->sizes().end());
-      t.data = holder->data_ptr();
-      t.nbytes = holder->nbytes();
-      t.owner = std::shared_ptr<const void>(holder, holder->data_ptr());
-      result.outputs.push_back(std::move(t));
+      result.outputs.push_back(output_view(i, *holder, holder->data_ptr(), holder));
     }
     return result;
   }
@@ -180,6 +179,20 @@ protected:
                             std::to_string(want[i].shape.size()));
       }
     }
+  }
+
+  // Output i of the manifest: out's shape over out.nbytes() bytes at `data` (host), kept alive by
+  // `owner` (a holder or a staging lease).
+  Tensor output_view(size_t i, const at::Tensor &out, void *data, std::shared_ptr<const void> owner) const {
+    const TensorSpec &want = manifest_.spec.outputs[i];
+    Tensor t;
+    t.name = want.name;
+    t.dtype = want.dtype;
+    t.shape.assign(out.sizes().begin(), out.sizes().end());
+    t.data = data;
+    t.nbytes = out.nbytes();
+    t.owner = std::shared_ptr<const void>(owner, data);
+    return t;
   }
 
   // The device to run on: the option, else the manifest's. CUDA needs a CUDA build of torch and a device.
@@ -244,11 +257,8 @@ private:
     // 1. Pack the inputs into one pinned block. The runner reuses such blocks batch after batch:
     //    this one goes back to the pool when run() returns, after every copy from it has finished.
     std::vector<size_t> in_offsets;
-    size_t in_bytes = 0;
-    for (const Tensor &t : batch.inputs) {
-      in_offsets.push_back(align64(in_bytes));
-      in_bytes = in_offsets.back() + t.nbytes;
-    }
+    const size_t in_bytes = pack_offsets(
+        batch.inputs, [](const Tensor &t) { return t.nbytes; }, in_offsets);
     StagingBuffer in_block = staging_->acquire(in_bytes);
     auto *in_base = static_cast<uint8_t *>(in_block.data);
     for (size_t i = 0; i < batch.inputs.size(); ++i) {
@@ -292,12 +302,8 @@ private:
       //    for that copy. The block is leased to the returned tensors: it goes back to the pool
       //    only when the last of them (and every slice the engine cut from them) is released.
       std::vector<size_t> out_offsets;
-      size_t out_bytes = 0;
-      for (const at::Tensor &o : outs) {
-        out_offsets.push_back(align64(out_bytes));
-        out_bytes = out_offsets.back() + o.nbytes();
-      }
-      out_block = staging_->acquire(out_bytes);
+      out_block = staging_->acquire(pack_offsets(
+          outs, [](const at::Tensor &o) { return o.nbytes(); }, out_offsets));
       auto *out_base = static_cast<uint8_t *>(out_block.data);
       {
         c10::StreamGuard on_copy(r.copy);
@@ -313,18 +319,9 @@ private:
       // After this every copy from the input block has finished as well: the output copy waited
       // for the forward, which waited for the input copy.
       r.outputs_copied.synchronize();
-      const auto &want = manifest_.spec.outputs;
       EncoderOutput result;
-      for (size_t i = 0; i < outs.size(); ++i) {
-        Tensor t;
-        t.name = want[i].name;
-        t.dtype = want[i].dtype;
-        t.shape.assign(outs[i].sizes().begin(), outs[i].sizes().end());
-        t.data = out_base + out_offsets[i];
-        t.nbytes = outs[i].nbytes();
-        t.owner = std::shared_ptr<const void>(out_block.owner, t.data);
-        result.outputs.push_back(std::move(t));
-      }
+      for (size_t i = 0; i < outs.size(); ++i)
+        result.outputs.push_back(output_view(i, outs[i], out_base + out_offsets[i], out_block.owner));
       return result;
     } catch (...) {
       // Neither block may go back to the pool (and be refilled by another batch) while a copy

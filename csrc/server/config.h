@@ -76,6 +76,7 @@
 #include "cache/cache.h"
 #include "engine/engine.h"
 #include "executor/manifest.h"
+#include "executor/torch_executor.h"
 #include "server/errors.h"
 #include "server/http_server.h"
 
@@ -91,10 +92,11 @@ struct EncoderEntry {
   std::string dtype;               // "" = the manifest's
   engine::EncoderConfig engine;    // batching, instances, length buckets
   int intra_op_threads = 0;        // CPU threads inside one forward; 0 = torch's default
-  size_t memory_budget_bytes = 0;  // CUDA: refuse a load that needs more; 0 = no check
-  size_t pinned_pool_bytes = size_t{256} << 20; // CUDA with streams: pinned staging bound (TorchExecutorOptions)
-  bool cuda_streams = true;                     // CUDA: per-instance copy and compute streams
-  bool cache = true;                            // outputs go through the server's cache (when it is enabled)
+  // The LibTorch executor's settings (executor/torch_executor.h), with its defaults.
+  size_t memory_budget_bytes = executor::TorchExecutorOptions{}.memory_budget_bytes; // CUDA: 0 = no check
+  size_t pinned_pool_bytes = executor::TorchExecutorOptions{}.pinned_pool_bytes;     // CUDA with streams
+  bool cuda_streams = executor::TorchExecutorOptions{}.streams;                      // CUDA
+  bool cache = true; // outputs go through the server's cache (when it is enabled)
 };
 
 // The server's embedding cache, as configured (server/cache_service.h).
