@@ -75,6 +75,17 @@ def cached_export(name: str, key: Any, sources: Iterable[Any], worker: Callable[
     return folder
 
 
+def run_for(fn: Callable[[], Any], seconds: float, finish: Callable[[], Any] = lambda: None) -> tuple[int, float]:
+    """Calls fn() back to back for at least ``seconds`` and at least 3 times; returns (calls, elapsed seconds), the
+    clock stopped after ``finish()`` (a device synchronize, say)."""
+    n, t0 = 0, time.perf_counter()
+    while n < 3 or time.perf_counter() - t0 < seconds:
+        fn()
+        n += 1
+    finish()
+    return n, time.perf_counter() - t0
+
+
 def find_binary(env: str, candidates: list[Path], hint: str) -> Path:
     """$env if set, else the newest existing candidate; exits naming the running script otherwise."""
     if os.environ.get(env):

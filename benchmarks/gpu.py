@@ -52,6 +52,7 @@ from bench_common import (  # benchmarks/, the script's folder, is on sys.path
     find_binary,
     load_module,
     print_table,
+    run_for,
 )
 
 GIB = 1 << 30
@@ -351,12 +352,7 @@ def offline_worker(args_json: str) -> None:
         for _ in range(2):
             run(*x)
         sync(device)
-        n, t0 = 0, time.perf_counter()
-        while n < 3 or time.perf_counter() - t0 < a["seconds"]:
-            run(*x)
-            n += 1
-        sync(device)
-        dt = time.perf_counter() - t0
+        n, dt = run_for(lambda x=x: run(*x), a["seconds"], lambda: sync(device))
         sweep.append({"batch": batch, "samples_per_s": n * batch / dt, "batch_s": dt / n, "iterations": n})
     best = max(sweep, key=lambda r: r["samples_per_s"])
     x = inputs(best["batch"])
@@ -392,11 +388,8 @@ def offline_worker(args_json: str) -> None:
         for o in outs:
             o.to("cpu")
 
-    n, t1 = 0, time.perf_counter()
-    while n < 3 or time.perf_counter() - t1 < a["seconds"]:
-        with_copies()
-        n += 1
-    copies = {"samples_per_s": n * best["batch"] / (time.perf_counter() - t1), "iterations": n}
+    n, dt = run_for(with_copies, a["seconds"])
+    copies = {"samples_per_s": n * best["batch"] / dt, "iterations": n}
 
     result = {
         "sweep": sweep,

@@ -53,6 +53,7 @@ from bench_common import (  # benchmarks/, the script's folder, is on sys.path
     find_binary,
     free_port,
     print_table,
+    run_for,
 )
 from torch import nn
 
@@ -258,11 +259,7 @@ def offline_worker(artifact: str, batch: int, seq: int, threads: int, seconds: f
     mask = torch.ones(batch, seq, dtype=torch.int64)
     with torch.no_grad():
         fn(ids, mask)  # warm-up
-        n, t0 = 0, time.perf_counter()
-        while n < 3 or time.perf_counter() - t0 < seconds:
-            fn(ids, mask)
-            n += 1
-        dt = time.perf_counter() - t0
+        n, dt = run_for(lambda: fn(ids, mask), seconds)
     print(json.dumps({"samples_per_s": n * batch / dt, "batch_s": dt / n, "iterations": n}))
 
 
